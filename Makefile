@@ -1,0 +1,44 @@
+# cxr-study: `make study` runs the whole study, `make test` runs the tests.
+# Both create the virtual environment .venv (Python 3.11) on first use.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+KERNEL := cxr-study
+STAMP := $(VENV)/.cxr-study-installed
+PROFILE ?= default
+# pytest workers (pytest-xdist); CI has 2 cores
+JOBS ?= 2
+
+.PHONY: setup study smoke test benchmarks lock clean-data
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-lock.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "cxr-study needs Python 3.11 (found %s)" % sys.version.split()[0])'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: pip takes these builds from local files where they exist
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -c requirements-lock.txt -e '.[test]'
+	$(PY) -m ipykernel install --prefix $(abspath $(VENV)) --name $(KERNEL) --display-name "Python (cxr-study)"
+	touch $(STAMP)
+
+study: setup
+	$(PY) -m cxrlib run --profile $(PROFILE)
+
+smoke: setup
+	$(PY) -m cxrlib run --profile smoke
+
+test: setup
+	$(PY) -m pytest -n $(JOBS) --durations=15
+
+benchmarks: setup
+	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Refresh the lock file from the current environment (after changing pyproject.toml).
+lock: setup
+	$(PY) -m pip freeze --exclude-editable | grep -v '^cxrlib' > requirements-lock.txt
+
+clean-data:
+	rm -rf data

@@ -1,0 +1,76 @@
+"""Command line: ``python -m cxrlib run|synth|import|corpus ...`` (``--help`` on each)."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+
+def _run(args) -> int:
+    from cxrlib.runner import NotebookFailed, run_study
+
+    only = args.only.split(",") if args.only else None
+    cohorts = args.cohorts.split(",") if args.cohorts else None
+    try:
+        record = run_study(profile=args.profile, manifest=args.manifest, out_dir=args.out,
+                           only=only, seed=args.seed, cohorts=cohorts, kernel_name=args.kernel)
+    except NotebookFailed as exc:
+        print(f"\nSTUDY FAILED: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"\nStudy finished in {record.seconds:.0f} s. Report index: "
+          f"{Path(record.out_dir) / 'index.html'}")
+    return 0
+
+
+def _synth(args) -> int:
+    from cxrlib.synthetic import generate_cohort
+
+    df = generate_cohort(args.out, preset=args.preset, n_images=args.n, size=args.size,
+                         seed=args.seed, shortcut=args.shortcut, n_jobs=args.jobs, progress=True)
+    print(f"{len(df)} images written; manifest: {Path(args.out) / 'manifest.csv'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cxrlib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="execute the notebooks with papermill and render HTML")
+    run.add_argument("--profile", default="default", choices=["smoke", "default", "paper"])
+    run.add_argument("--manifest", help="manifest CSV of a real corpus (default: synthetic cohorts)")
+    run.add_argument("--out", help="run folder (default reports/<profile>-<date>)")
+    run.add_argument("--only", help="comma-separated notebook numbers, e.g. 00,03")
+    run.add_argument("--cohorts", help="synthetic cohorts to run, e.g. arias (default: arias,covidgr)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--kernel", default="cxr-study", help="Jupyter kernel name (default cxr-study)")
+    run.set_defaults(func=_run)
+
+    synth = sub.add_parser("synth", help="generate a synthetic cohort")
+    synth.add_argument("out", help="output folder")
+    synth.add_argument("--preset", default="arias", choices=["arias", "covidgr"])
+    synth.add_argument("--n", type=int, default=200, help="number of images")
+    synth.add_argument("--size", type=int, default=256, help="long side in pixels")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--shortcut", type=float, default=1.0, help="0: style independent of label")
+    synth.add_argument("--jobs", type=int, default=1, help="worker processes")
+    synth.set_defaults(func=_synth)
+
+    if importlib.util.find_spec("cxrlib.importers") is not None:
+        from cxrlib.importers.cli import add_corpus_parser, add_import_parser
+
+        add_import_parser(sub)
+        add_corpus_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Reading images and masks from disk as plain arrays.
+
+Images come back as float32 in [0, 1] (8- and 16-bit PNG, JPEG, TIFF; RGB collapsed to gray),
+masks as bool. The bit depth of the file is kept in :func:`image_bit_depth` for the data audit.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# PIL opens 16-bit PNGs in mode "I;16" (or "I" on some versions); 8-bit gray as "L".
+_MODE_MAX = {"1": 1, "L": 255, "P": 255, "RGB": 255, "RGBA": 255, "LA": 255,
+             "I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I": 65535}
+
+
+def _open(path: str | Path) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        img = Image.open(path)
+        img.load()
+    except Exception as exc:  # PIL raises several types for corrupt files
+        raise ValueError(f"cannot read image {path}: {exc}") from exc
+    return img
+
+
+def image_bit_depth(path: str | Path) -> int:
+    """Bits per pixel of a stored grayscale image: 8 or 16."""
+    return 16 if _open(path).mode in ("I;16", "I;16B", "I;16L", "I") else 8
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read a radiograph as a float32 array (H, W) in [0, 1].
+
+    16-bit files are scaled by 65535, 8-bit by 255; colour images are converted to luminance.
+    A 32-bit integer image ("I") is scaled by its own maximum dtype range of 16 bits, which is how
+    PIL reports 16-bit PNGs on some versions.
+    """
+    img = _open(path)
+    mode = img.mode
+    if mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr"):
+        img, mode = img.convert("L"), "L"
+    if mode not in _MODE_MAX:
+        raise ValueError(f"unsupported image mode {mode!r} in {path}")
+    arr = np.asarray(img).astype(np.float32) / _MODE_MAX[mode]
+    return np.clip(arr, 0.0, 1.0)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a 0/255 (or 0/1) mask as a bool array (H, W)."""
+    img = _open(path)
+    arr = np.asarray(img.convert("L") if img.mode not in ("L", "1") else img)
+    return arr > 0
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """float image in [0, 1] -> uint8 (rounded)."""
+    return np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)

@@ -1,0 +1,267 @@
+"""The manifest: one row per image, one schema for every source.
+
+Every importer and the synthetic cohort generator produce this table; every notebook reads it.
+Loading validates it and stops with a :class:`ManifestError` that names the row and the column,
+so that a bad value is never dropped or coerced silently.
+
+Columns (see ``COLUMNS``):
+
+============== ======== ===================================================================
+column         required values
+============== ======== ===================================================================
+image_id       yes      stable, unique string
+path           yes      image path relative to the data root
+patient_id     yes      pseudonymous patient id (never a name or a raw DICOM id)
+study_date     no       ISO date ``YYYY-MM-DD`` or empty
+source         yes      dataset name
+label          yes      ``control`` | ``pneumonia`` | ``covid19``
+severity       no       ``normal_pcr_pos`` | ``mild`` | ``moderate`` | ``severe`` or empty
+sex            no       ``M`` | ``F`` or empty
+age            no       years, 0-120, or empty
+projection     no       ``AP`` | ``PA`` | ``LAT`` or empty
+sensor         no       ``CR`` | ``DX`` or empty
+lung_mask_path no       path of a 0/255 lung mask, relative to the data root, or empty
+lesion_mask_path no     path of a 0/255 lesion mask, relative to the data root, or empty
+============== ======== ===================================================================
+
+Extra columns are allowed only with a known prefix: ``synth_`` (ground truth recorded by the
+synthetic generator) and ``qc_`` (quality-control flags). Any other column is an error, so that a
+misspelt column (``Sex``, ``patientid``) cannot pass unnoticed.
+
+Unknown values are empty (``NaN`` after loading), never guessed.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+LABELS = ("control", "pneumonia", "covid19")
+SEVERITIES = ("normal_pcr_pos", "mild", "moderate", "severe")
+SEXES = ("M", "F")
+PROJECTIONS = ("AP", "PA", "LAT")
+SENSORS = ("CR", "DX")
+
+REQUIRED = ("image_id", "path", "patient_id", "source", "label")
+OPTIONAL = (
+    "study_date", "severity", "sex", "age", "projection", "sensor",
+    "lung_mask_path", "lesion_mask_path",
+)
+COLUMNS = (
+    "image_id", "path", "patient_id", "study_date", "source", "label", "severity",
+    "sex", "age", "projection", "sensor", "lung_mask_path", "lesion_mask_path",
+)
+EXTRA_PREFIXES = ("synth_", "qc_")
+CATEGORICAL = {
+    "label": LABELS,
+    "severity": SEVERITIES,
+    "sex": SEXES,
+    "projection": PROJECTIONS,
+    "sensor": SENSORS,
+}
+SIDECAR_SUFFIX = ".meta.json"
+
+
+class ManifestError(ValueError):
+    """A manifest breaks the schema; the message names the file, row and column."""
+
+
+def _where(origin: str, row: int | None = None, column: str | None = None) -> str:
+    parts = [origin]
+    if row is not None:
+        parts.append(f"row {row}")
+    if column is not None:
+        parts.append(f"column '{column}'")
+    return ", ".join(parts)
+
+
+def _empty(series: pd.Series) -> pd.Series:
+    """True where a value is missing (NaN, None or an empty/blank string)."""
+    as_str = series.astype("string")
+    return series.isna() | as_str.str.strip().fillna("").eq("")
+
+
+def validate_manifest(
+    df: pd.DataFrame,
+    data_root: str | Path | None = None,
+    check_files: bool = True,
+    origin: str = "manifest",
+) -> pd.DataFrame:
+    """Check a manifest against the schema and return a normalised copy.
+
+    Parameters
+    ----------
+    df : DataFrame, one row per image.
+    data_root : folder that ``path`` and the mask paths are relative to; needed when
+        ``check_files`` is true.
+    check_files : if true, every ``path`` (and every non-empty mask path) must exist.
+    origin : name used in error messages (usually the CSV file).
+
+    Returns
+    -------
+    DataFrame with the schema's columns first (optional ones added empty when absent), then the
+    extra ``synth_``/``qc_`` columns; empty strings turned into missing values; ``age`` as float.
+
+    Raises
+    ------
+    ManifestError naming the row (0-based, as in the DataFrame; the CSV line is row + 2) and
+    the column of the first problem found in each check.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise ManifestError(f"{origin}: expected a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise ManifestError(
+            f"{_where(origin)}: missing required column(s) {missing}; "
+            f"the manifest has {list(df.columns)}"
+        )
+    unknown = [c for c in df.columns if c not in COLUMNS and not str(c).startswith(EXTRA_PREFIXES)]
+    if unknown:
+        raise ManifestError(
+            f"{_where(origin, column=unknown[0])}: unknown column(s) {unknown}; allowed are "
+            f"{list(COLUMNS)} and extra columns prefixed {list(EXTRA_PREFIXES)}"
+        )
+    out = df.copy()
+    for col in COLUMNS:
+        if col not in out.columns:
+            out[col] = pd.NA
+    extras = [c for c in out.columns if c not in COLUMNS]
+    out = out[list(COLUMNS) + extras].reset_index(drop=True)
+
+    for col in COLUMNS:
+        if col == "age":
+            continue
+        blank = _empty(out[col])
+        values = out[col].astype("string").str.strip()
+        out[col] = values.where(~blank, pd.NA).astype(object)
+
+    for col in REQUIRED:
+        blank = out[col].isna()
+        if blank.any():
+            row = int(np.flatnonzero(blank.to_numpy())[0])
+            raise ManifestError(f"{_where(origin, row, col)}: empty value in a required column")
+
+    for col, allowed in CATEGORICAL.items():
+        present = out[col].notna()
+        bad = present & ~out[col].isin(allowed)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ManifestError(
+                f"{_where(origin, row, col)}: unknown value {out.at[row, col]!r}; "
+                f"allowed are {list(allowed)} or empty"
+            )
+
+    age_raw = df["age"].reset_index(drop=True) if "age" in df.columns else out["age"]
+    age = pd.to_numeric(age_raw.where(~_empty(age_raw), np.nan), errors="coerce")
+    bad = (age.isna() & ~_empty(age_raw)) | (age < 0) | (age > 120)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ManifestError(
+            f"{_where(origin, row, 'age')}: {age_raw.iloc[row]!r} is not an age in years (0-120)"
+        )
+    out["age"] = age.astype(float)
+
+    dates = out["study_date"]
+    parsed = pd.to_datetime(dates, format="%Y-%m-%d", errors="coerce")
+    bad = dates.notna() & parsed.isna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ManifestError(
+            f"{_where(origin, row, 'study_date')}: {dates.iloc[row]!r} is not a YYYY-MM-DD date"
+        )
+
+    dup = out["image_id"].duplicated(keep="first")
+    if dup.any():
+        row = int(np.flatnonzero(dup.to_numpy())[0])
+        first = int(np.flatnonzero((out["image_id"] == out.at[row, "image_id"]).to_numpy())[0])
+        raise ManifestError(
+            f"{_where(origin, row, 'image_id')}: duplicate image_id {out.at[row, 'image_id']!r} "
+            f"(first seen in row {first})"
+        )
+
+    if check_files:
+        if data_root is None:
+            raise ManifestError(f"{origin}: data_root is needed to check that the files exist")
+        root = Path(data_root)
+        for col in ("path", "lung_mask_path", "lesion_mask_path"):
+            for row, rel in out[col].items():
+                if isinstance(rel, str) and not (root / rel).is_file():
+                    raise ManifestError(
+                        f"{_where(origin, int(row), col)}: file not found: {root / rel}"
+                    )
+    return out
+
+
+def sidecar_path(csv_path: str | Path) -> Path:
+    """Where the metadata of a manifest CSV lives: ``NAME.csv`` -> ``NAME.meta.json``."""
+    csv_path = Path(csv_path)
+    return csv_path.with_name(csv_path.stem + SIDECAR_SUFFIX)
+
+
+def read_sidecar(csv_path: str | Path) -> dict:
+    """The manifest's metadata (``data_root``, generator parameters...), or ``{}`` if absent."""
+    side = sidecar_path(csv_path)
+    return json.loads(side.read_text()) if side.is_file() else {}
+
+
+def resolve_data_root(csv_path: str | Path, data_root: str | Path | None = None) -> Path:
+    """The folder the manifest's paths are relative to.
+
+    In order: the ``data_root`` argument; the sidecar's ``data_root`` (relative to the sidecar);
+    the folder that holds the CSV.
+    """
+    csv_path = Path(csv_path).resolve()
+    if data_root is not None:
+        return Path(data_root).resolve()
+    meta = read_sidecar(csv_path)
+    if meta.get("data_root"):
+        return (csv_path.parent / meta["data_root"]).resolve()
+    return csv_path.parent
+
+
+def load_manifest(
+    csv_path: str | Path,
+    data_root: str | Path | None = None,
+    check_files: bool = True,
+) -> pd.DataFrame:
+    """Read and validate a manifest CSV.
+
+    Returns the validated DataFrame (see :func:`validate_manifest`) with
+    ``df.attrs['data_root']`` set to the resolved data root and ``df.attrs['meta']`` to the
+    sidecar metadata.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise ManifestError(f"manifest not found: {csv_path}")
+    raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    root = resolve_data_root(csv_path, data_root)
+    df = validate_manifest(raw, data_root=root, check_files=check_files, origin=str(csv_path))
+    df.attrs["data_root"] = str(root)
+    df.attrs["meta"] = read_sidecar(csv_path)
+    return df
+
+
+def write_manifest(
+    df: pd.DataFrame,
+    csv_path: str | Path,
+    data_root: str | Path | None = None,
+    meta: dict | None = None,
+) -> Path:
+    """Validate ``df`` and write it as CSV, with a ``.meta.json`` sidecar.
+
+    ``data_root`` (default: the CSV's folder) is stored relative to the CSV when possible, so a
+    manifest and its images can move together.
+    """
+    csv_path = Path(csv_path)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    root = Path(data_root).resolve() if data_root is not None else csv_path.parent.resolve()
+    clean = validate_manifest(df, data_root=root, check_files=True, origin=str(csv_path))
+    clean.to_csv(csv_path, index=False)
+    stored_root = os.path.relpath(root, csv_path.parent.resolve())
+    side = dict(meta or {})
+    side["data_root"] = stored_root
+    sidecar_path(csv_path).write_text(json.dumps(side, indent=2, sort_keys=True, default=str))
+    return csv_path

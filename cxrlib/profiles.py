@@ -1,0 +1,92 @@
+"""Scale profiles shared by every notebook: ``smoke``, ``default`` and ``paper``.
+
+A profile is the one place where cohort size, image size, epochs, folds, repetitions and model
+width are set. Every notebook takes ``profile`` as a papermill parameter and reads the rest here::
+
+    from cxrlib.profiles import get_profile
+    P = get_profile("smoke")
+    P.image_size, P.folds
+
+- ``smoke``: seconds per notebook, for the test suite;
+- ``default``: the embedded synthetic cohort on a 2-core CPU, the whole study in well under an hour;
+- ``paper``: the papers' own settings (224 px, 5x5-fold CV, their epochs) for real data on a GPU.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Parameters of one scale of the study.
+
+    Attributes
+    ----------
+    name : profile name.
+    n_arias : images in the synthetic 3-class multi-source cohort (preset ``arias``).
+    n_covidgr : images in the synthetic binary COVIDGR-like cohort (preset ``covidgr``).
+    synth_size : long side of the generated radiographs, in pixels (sources vary around it).
+    image_size : side of the square network input, in pixels.
+    seg_size : side of the lung-segmentation network input, in pixels.
+    seg_epochs : U-Net training epochs.
+    epochs : classifier training epochs per fold.
+    cit_epochs : class-inherent-transformation (FuCiTNet) epochs per fold.
+    folds : cross-validation folds.
+    repetitions : cross-validation repetitions (different shuffles).
+    width : channel multiplier for the networks (1.0 = the papers' widths).
+    batch_size : training batch size.
+    bootstrap : bootstrap resamples for confidence intervals.
+    tsne_max_points : largest number of embeddings passed to t-SNE.
+    """
+
+    name: str
+    n_arias: int
+    n_covidgr: int
+    synth_size: int
+    image_size: int
+    seg_size: int
+    seg_epochs: int
+    epochs: int
+    cit_epochs: int
+    folds: int
+    repetitions: int
+    width: float
+    batch_size: int
+    bootstrap: int
+    tsne_max_points: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def with_overrides(self, **changes) -> "Profile":
+        """A copy with some fields changed; unknown names raise ``TypeError``."""
+        return replace(self, **changes)
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile(
+        name="smoke", n_arias=120, n_covidgr=64, synth_size=128, image_size=64, seg_size=64,
+        seg_epochs=1, epochs=1, cit_epochs=1, folds=2, repetitions=1, width=0.25,
+        batch_size=16, bootstrap=50, tsne_max_points=200,
+    ),
+    "default": Profile(
+        name="default", n_arias=1200, n_covidgr=400, synth_size=256, image_size=128, seg_size=128,
+        seg_epochs=8, epochs=6, cit_epochs=3, folds=5, repetitions=1, width=0.5,
+        batch_size=32, bootstrap=500, tsne_max_points=2000,
+    ),
+    "paper": Profile(
+        name="paper", n_arias=8000, n_covidgr=852, synth_size=1024, image_size=224, seg_size=256,
+        seg_epochs=50, epochs=24, cit_epochs=30, folds=5, repetitions=5, width=1.0,
+        batch_size=32, bootstrap=2000, tsne_max_points=10000,
+    ),
+}
+
+
+def get_profile(name: str | Profile) -> Profile:
+    """The profile called ``name`` (a :class:`Profile` is returned unchanged)."""
+    if isinstance(name, Profile):
+        return name
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None

@@ -1,0 +1,109 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrlib.manifest import (
+    COLUMNS, ManifestError, load_manifest, resolve_data_root, validate_manifest, write_manifest,
+)
+
+
+def test_valid_manifest_round_trip(tiny_cohort, tmp_path):
+    df, root = tiny_cohort
+    csv = tmp_path / "manifests" / "tiny.csv"
+    write_manifest(df, csv, data_root=root, meta={"note": "hand-made"})
+    back = load_manifest(csv)
+    assert list(back.columns[: len(COLUMNS)]) == list(COLUMNS)
+    assert len(back) == len(df)
+    assert back["age"].dtype == float and back.loc[0, "age"] == 30.0
+    # empty strings become missing values, not the string ""
+    assert back["lesion_mask_path"].isna().all()
+    assert back.loc[back["label"] == "control", "severity"].isna().all()
+    assert back.attrs["data_root"] == str(root.resolve())
+    assert back.attrs["meta"]["note"] == "hand-made"
+    # the sidecar stores the root relative to the CSV so they can move together
+    assert json.loads((tmp_path / "manifests" / "tiny.meta.json").read_text())["data_root"] == ".."
+
+
+def test_missing_required_column_is_named(tiny_cohort):
+    df, root = tiny_cohort
+    with pytest.raises(ManifestError, match=r"missing required column\(s\) \['label'\]"):
+        validate_manifest(df.drop(columns="label"), data_root=root)
+
+
+def test_misspelt_column_is_an_error(tiny_cohort):
+    df, root = tiny_cohort
+    with pytest.raises(ManifestError, match=r"column 'Sex'.*unknown column"):
+        validate_manifest(df.rename(columns={"sex": "Sex"}), data_root=root)
+
+
+def test_extra_columns_need_a_known_prefix(tiny_cohort):
+    df, root = tiny_cohort
+    ok = validate_manifest(df.assign(synth_rale=1, qc_flag="ok"), data_root=root)
+    assert {"synth_rale", "qc_flag"} <= set(ok.columns)
+
+
+@pytest.mark.parametrize(
+    "column, value, message",
+    [
+        ("label", "viral", r"row 3, column 'label': unknown value 'viral'"),
+        ("sex", "female", r"row 3, column 'sex'"),
+        ("projection", "LL", r"row 3, column 'projection'"),
+        ("severity", "critical", r"row 3, column 'severity'"),
+        ("age", "fifty", r"row 3, column 'age'"),
+        ("age", "150", r"row 3, column 'age'"),
+        ("study_date", "15/01/2020", r"row 3, column 'study_date'"),
+        ("patient_id", "", r"row 3, column 'patient_id': empty value"),
+    ],
+)
+def test_bad_value_names_row_and_column(tiny_cohort, column, value, message):
+    df, root = tiny_cohort
+    df.loc[3, column] = value
+    with pytest.raises(ManifestError, match=message):
+        validate_manifest(df, data_root=root)
+
+
+def test_duplicate_image_id(tiny_cohort):
+    df, root = tiny_cohort
+    df.loc[5, "image_id"] = df.loc[2, "image_id"]
+    with pytest.raises(ManifestError, match=r"row 5, column 'image_id': duplicate .*first seen in row 2"):
+        validate_manifest(df, data_root=root)
+
+
+def test_missing_image_and_mask_files(tiny_cohort):
+    df, root = tiny_cohort
+    (root / df.loc[7, "path"]).unlink()
+    with pytest.raises(ManifestError, match=r"row 7, column 'path': file not found"):
+        validate_manifest(df, data_root=root)
+    df2 = df.drop(index=7).reset_index(drop=True)
+    (root / df2.loc[0, "lung_mask_path"]).unlink()
+    with pytest.raises(ManifestError, match=r"row 0, column 'lung_mask_path': file not found"):
+        validate_manifest(df2, data_root=root)
+    # without the file check the same table passes, nothing dropped
+    assert len(validate_manifest(df2, check_files=False)) == len(df2)
+
+
+def test_nothing_is_dropped_or_reordered(tiny_cohort):
+    df, root = tiny_cohort
+    out = validate_manifest(df.sample(frac=1, random_state=1), data_root=root)
+    assert len(out) == len(df)
+    assert set(out["image_id"]) == set(df["image_id"])
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(ManifestError, match="manifest not found"):
+        load_manifest(tmp_path / "nope.csv")
+    (tmp_path / "m.csv").write_text("image_id,path\n")
+    with pytest.raises(ManifestError, match="missing required column"):
+        load_manifest(tmp_path / "m.csv")
+
+
+def test_data_root_resolution(tmp_path):
+    csv = tmp_path / "a" / "m.csv"
+    csv.parent.mkdir()
+    csv.write_text("")
+    assert resolve_data_root(csv) == csv.parent.resolve()
+    assert resolve_data_root(csv, tmp_path / "x") == (tmp_path / "x").resolve()
+    (tmp_path / "a" / "m.meta.json").write_text(json.dumps({"data_root": "../imgs"}))
+    assert resolve_data_root(csv) == (tmp_path / "imgs").resolve()
