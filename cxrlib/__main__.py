@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -59,11 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--jobs", type=int, default=1, help="worker processes")
     synth.set_defaults(func=_synth)
 
-    if importlib.util.find_spec("cxrlib.importers") is not None:
-        from cxrlib.importers.cli import add_corpus_parser, add_import_parser
+    from cxrlib.importers.cli import add_corpus_parser, add_import_parser
 
-        add_import_parser(sub)
-        add_corpus_parser(sub)
+    add_import_parser(sub)
+    add_corpus_parser(sub)
     return parser
 
 

@@ -29,6 +29,10 @@ class Profile:
     image_size : side of the square network input, in pixels.
     seg_size : side of the lung-segmentation network input, in pixels.
     seg_epochs : U-Net training epochs.
+    seg_batch_size : U-Net training batch size (8 in the reference).
+    seg_lr : U-Net peak learning rate (Adam, one-cycle schedule; 1e-3 in the reference).
+    seg_batch_norm : batch normalisation in the U-Net (not in the reference; it lets the short
+        CPU trainings of ``smoke`` and ``default`` converge in their few epochs).
     epochs : classifier training epochs per fold.
     cit_epochs : class-inherent-transformation (FuCiTNet) epochs per fold.
     folds : cross-validation folds.
@@ -46,6 +50,9 @@ class Profile:
     image_size: int
     seg_size: int
     seg_epochs: int
+    seg_batch_size: int
+    seg_lr: float
+    seg_batch_norm: bool
     epochs: int
     cit_epochs: int
     folds: int
@@ -66,17 +73,20 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", n_arias=120, n_covidgr=64, synth_size=128, image_size=64, seg_size=64,
-        seg_epochs=1, epochs=1, cit_epochs=1, folds=2, repetitions=1, width=0.25,
+        seg_epochs=1, seg_batch_size=4, seg_lr=1e-2, seg_batch_norm=True,
+        epochs=1, cit_epochs=1, folds=2, repetitions=1, width=0.25,
         batch_size=16, bootstrap=50, tsne_max_points=200,
     ),
     "default": Profile(
         name="default", n_arias=1200, n_covidgr=400, synth_size=256, image_size=128, seg_size=128,
-        seg_epochs=8, epochs=6, cit_epochs=3, folds=5, repetitions=1, width=0.5,
+        seg_epochs=8, seg_batch_size=8, seg_lr=3e-3, seg_batch_norm=True,
+        epochs=6, cit_epochs=3, folds=5, repetitions=1, width=0.5,
         batch_size=32, bootstrap=500, tsne_max_points=2000,
     ),
     "paper": Profile(
         name="paper", n_arias=8000, n_covidgr=852, synth_size=1024, image_size=224, seg_size=256,
-        seg_epochs=50, epochs=24, cit_epochs=30, folds=5, repetitions=5, width=1.0,
+        seg_epochs=50, seg_batch_size=8, seg_lr=1e-3, seg_batch_norm=False,
+        epochs=24, cit_epochs=30, folds=5, repetitions=5, width=1.0,
         batch_size=32, bootstrap=2000, tsne_max_points=10000,
     ),
 }

@@ -4,7 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
+
+# pytest-xdist runs one worker per core; more torch threads per worker only thrash the cores.
+torch.set_num_threads(1)
 
 
 def write_tiny_cohort(root, n_patients=12, images_per_patient=2, size=32, seed=0) -> pd.DataFrame:

@@ -1,0 +1,323 @@
+"""What every importer shares: the candidate table, DICOM conversion, pseudonyms, the report.
+
+An importer reads a distribution as it comes and builds a *candidate* table, one row per image
+it found a trace of (a metadata row, a file), with the manifest's columns and:
+
+- ``path``: the image file relative to the source root (the original file; a DICOM file is
+  converted by :func:`finish_import`);
+- ``patient_raw``: the source's own patient id, pseudonymised by :func:`finish_import` (or
+  ``patient_id`` already pseudonymised);
+- ``drop_reason``: why the row is left out (``None`` to keep it).
+
+:func:`finish_import` then drops what must go (into the QC report, with the reason), checks
+that files exist, converts DICOM to cached 16-bit PNGs (filling sex, age, projection, sensor and
+study date from allow-listed tags where the metadata left them empty), pseudonymises patients,
+validates the manifest schema, hashes images and groups duplicates.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from cxrlib import qc
+from cxrlib.corpus import companion_paths
+from cxrlib.dicom import (
+    DicomError,
+    dicom_to_cached_png,
+    exclusion_reason,
+    is_dicom_file,
+    read_dicom_header,
+)
+from cxrlib.manifest import COLUMNS, validate_manifest, write_manifest
+from cxrlib.pseudonym import key_fingerprint, pseudonymize_series, resolve_key
+
+#: Default cache folder, relative to the source root, for derived files (DICOM -> PNG, masks).
+DEFAULT_CACHE_DIRNAME = "cxrlib_cache"
+CANDIDATE_COLUMNS = (*COLUMNS, "patient_raw", "drop_reason")
+#: The manifest's ``source`` value per importer key: the names of the source papers (seed 001
+#: Table III, seed 000), which the synthetic cohort and the audit tables use too. Keys not
+#: listed (generic importers) are written as they are. The key itself prefixes ``image_id`` and
+#: namespaces the pseudonyms.
+SOURCE_NAMES = {
+    "bimcv": "BIMCV", "hm": "HM Hospitales", "actualmed": "ACT", "figure1": "Figure1",
+    "cohen": "Cohen", "covidgr": "COVIDGR", "nih": "CRX8", "chexpert": "CheXpert",
+    "mimic": "MIMIC", "padchest": "PadChest", "rsna": "RSNA", "shenzhen": "ChinaSet",
+    "montgomery": "Montgomery",
+}
+
+
+@dataclass
+class ImportResult:
+    """What an importer returns.
+
+    Attributes
+    ----------
+    source : source name written in the manifest's ``source`` column (``SOURCE_NAMES``).
+    manifest : the validated manifest (paths relative to ``root``).
+    report : the QC report (``cxrlib.qc.REPORT_COLUMNS``): every candidate row left out, with
+        its reason, and rows kept but flagged.
+    root : the data root the manifest's paths are relative to.
+    split_plan : a split plan shipped with the source (COVIDGR), else ``None``.
+    meta : facts for the manifest's sidecar (importer, key fingerprint, cache folder, counts).
+    """
+
+    source: str
+    manifest: pd.DataFrame
+    report: pd.DataFrame
+    root: Path
+    split_plan: pd.DataFrame | None = None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """Options shared by every importer.
+
+    Attributes
+    ----------
+    key : pseudonymisation key (bytes), a key file, or ``None`` for the default key file.
+    cache_dir : folder for derived images (converted DICOMs, joined masks); default
+        ``<root>/cxrlib_cache``. Outside the root, manifest paths start with ``../``.
+    hash_images : compute ``qc_sha256``/``qc_phash`` and group duplicates at import.
+    progress : show progress bars.
+    n_jobs : worker processes for DICOM conversion and hashing.
+    """
+
+    key: bytes | str | Path | None = None
+    cache_dir: str | Path | None = None
+    hash_images: bool = True
+    progress: bool = False
+    n_jobs: int = 1
+
+
+def candidates_frame(records: list[dict] | pd.DataFrame) -> pd.DataFrame:
+    """A candidate table with every ``CANDIDATE_COLUMNS`` column (missing ones empty)."""
+    df = pd.DataFrame(records) if not isinstance(records, pd.DataFrame) else records.copy()
+    for col in CANDIDATE_COLUMNS:
+        if col not in df:
+            df[col] = pd.NA
+    extra = [c for c in df.columns if c not in CANDIDATE_COLUMNS]
+    if extra:
+        raise ValueError(f"unexpected candidate columns {extra}")
+    return df[list(CANDIDATE_COLUMNS)].astype(object).reset_index(drop=True)
+
+
+def read_table(path: Path, what: str, required: tuple[str, ...] = (), **kwargs) -> pd.DataFrame:
+    """Read a CSV/TSV metadata file as strings (blank cells -> NA) and check its columns.
+
+    The separator is a tab for ``.tsv`` files, else a comma, unless ``sep=`` is given.
+
+    Raises
+    ------
+    FileNotFoundError naming the file and the dataset; ValueError naming missing columns.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: metadata file not found: {path}")
+    sep = kwargs.pop("sep", "\t" if path.name.endswith((".tsv", ".tsv.gz")) else ",")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, **kwargs)
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: {path} lacks column(s) {missing}; it has {list(df.columns)}")
+    return df.replace({"": pd.NA})
+
+
+def find_first(root: Path, names: tuple[str, ...], what: str) -> Path:
+    """The first of ``names`` (relative paths or glob patterns) that exists under ``root``."""
+    for name in names:
+        hits = sorted(root.glob(name))
+        if hits:
+            return hits[0]
+    raise FileNotFoundError(f"{what}: none of {list(names)} found under {root}")
+
+
+def file_index(root: Path, suffixes: tuple[str, ...]) -> dict[str, str]:
+    """File name -> path relative to ``root`` (POSIX) for every file with one of ``suffixes``
+    anywhere under ``root`` (first one in sorted order wins; the cache folder is skipped)."""
+    index: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d != DEFAULT_CACHE_DIRNAME)
+        for name in sorted(filenames):
+            if name.lower().endswith(suffixes) and name not in index:
+                index[name] = Path(dirpath, name).relative_to(root).as_posix()
+    return index
+
+
+def relpath(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as POSIX text (``../`` when outside)."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(root).resolve())).as_posix()
+
+
+def parse_age_years(value) -> float:
+    """A plain number of years (``"54"``, ``"54.0"``) -> float; ``0``, negative, above 120,
+    free text (``"50+"``) or empty -> NaN (unknown, never guessed)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return np.nan
+    try:
+        years = float(str(value).strip())
+    except ValueError:
+        return np.nan
+    return years if 0 < years <= 120 else np.nan
+
+
+def _convert_one(path: Path, cache_dir: Path, key: bytes, namespace: str
+                 ) -> tuple[Path | None, object, str | None]:
+    """(PNG, header, None) or (None, header or None, reason) for one DICOM file."""
+    try:
+        header = read_dicom_header(path, pseudonym_key=key, namespace=namespace)
+        reason = exclusion_reason(header)
+        if reason:
+            return None, header, reason
+        png, _ = dicom_to_cached_png(path, cache_dir)
+        return png, header, None
+    except DicomError as exc:
+        return None, None, f"unreadable DICOM: {exc}"
+
+
+def convert_dicom_rows(cand: pd.DataFrame, root: Path, cache_dir: Path, key: bytes,
+                       namespace: str, progress: bool = False, n_jobs: int = 1) -> pd.DataFrame:
+    """Convert the DICOM files among the kept candidates to cached PNGs.
+
+    ``path`` becomes the cached PNG (relative to ``root``); empty sex, age, projection, sensor
+    and study date are filled from the allow-listed tags, and a row without a patient gets the
+    pseudonym of the DICOM ``PatientID`` (``key``, ``namespace``); non-radiographs,
+    multi-frame, colour and unreadable files get a ``drop_reason``. Returns a new table.
+    """
+    cand = cand.copy()
+    todo = [i for i in cand.index[cand["drop_reason"].isna()]
+            if is_dicom_file(root / cand.at[i, "path"])]
+    paths = [root / cand.at[i, "path"] for i in todo]
+    items = tqdm(paths, desc="DICOM -> PNG", disable=not progress)
+    if n_jobs == 1:
+        results = [_convert_one(p, cache_dir, key, namespace) for p in items]
+    else:
+        from joblib import Parallel, delayed
+        results = Parallel(n_jobs=n_jobs)(
+            delayed(_convert_one)(p, cache_dir, key, namespace) for p in items)
+    for i, (png, header, reason) in zip(todo, results):
+        if reason:
+            cand.at[i, "drop_reason"] = reason
+            continue
+        cand.at[i, "path"] = relpath(png, root)
+        fill = {"sex": header.sex, "age": header.age, "projection": header.projection,
+                "sensor": header.modality, "study_date": header.study_date}
+        for col, value in fill.items():
+            if pd.isna(cand.at[i, col]) and value is not None:
+                cand.at[i, col] = value
+        if pd.isna(cand.at[i, "patient_id"]) and pd.isna(cand.at[i, "patient_raw"]):
+            cand.at[i, "patient_id"] = header.patient_pseudonym
+    return cand
+
+
+def _missing_file_reasons(cand: pd.DataFrame, root: Path) -> pd.Series:
+    reasons = pd.Series(pd.NA, index=cand.index, dtype=object)
+    for col in ("path", "lung_mask_path", "lesion_mask_path"):
+        for i, rel in cand[col].items():
+            if pd.isna(reasons[i]) and isinstance(rel, str) and not (root / rel).is_file():
+                reasons[i] = f"{'image' if col == 'path' else col} file not found: {rel}"
+    return reasons
+
+
+def finish_import(
+    cand: pd.DataFrame,
+    root: str | Path,
+    source: str,
+    options: ImportOptions,
+    split_plan: pd.DataFrame | None = None,
+    meta: dict | None = None,
+    extra_report: pd.DataFrame | None = None,
+    patient_per_image: bool = False,
+) -> ImportResult:
+    """Turn a candidate table into a validated manifest and its QC report.
+
+    ``source`` is the importer key (``"nih"``, or a generic importer's own name): it namespaces
+    the pseudonyms, and its ``SOURCE_NAMES`` entry fills the ``source`` column.
+
+    Steps: rows with a ``drop_reason`` go to the report; rows whose image (or mask) file is
+    absent go to the report ("image file not found"); DICOM files are converted
+    (:func:`convert_dicom_rows`); ``patient_raw`` is pseudonymised with the key; rows without
+    a patient or with a label outside the schema go to the report; with ``options.hash_images`` the
+    images are hashed and duplicates grouped (``qc_patient_group``) and flagged. Every
+    candidate row ends up in the manifest or in the report. ``extra_report`` rows (the
+    importer's own flags) are appended to the report. With ``patient_per_image``, a row that
+    still has no patient (no id in the metadata, no DICOM ``PatientID``) counts as its own
+    patient (pseudonym of its ``image_id``) instead of being dropped.
+    """
+    root = Path(root).resolve()
+    cand = candidates_frame(cand)
+    name = SOURCE_NAMES.get(source, source)
+    cand["source"] = name
+    key = resolve_key(options.key)
+    cache_dir = Path(options.cache_dir) if options.cache_dir else root / DEFAULT_CACHE_DIRNAME
+
+    missing = _missing_file_reasons(cand, root)
+    cand["drop_reason"] = cand["drop_reason"].where(cand["drop_reason"].notna(), missing)
+    cand = convert_dicom_rows(cand, root, cache_dir, key, source, options.progress,
+                              options.n_jobs)
+
+    if patient_per_image:
+        alone = cand["patient_id"].isna() & cand["patient_raw"].isna()
+        cand.loc[alone, "patient_raw"] = cand.loc[alone, "image_id"]
+    pseudo = pseudonymize_series(cand["patient_raw"], key, namespace=source)
+    cand["patient_id"] = cand["patient_id"].where(cand["patient_id"].notna(), pseudo)
+    no_patient = cand["drop_reason"].isna() & cand["patient_id"].isna()
+    cand.loc[no_patient, "drop_reason"] = "no patient id in the source"
+    bad_label = cand["drop_reason"].isna() & ~cand["label"].isin(("control", "pneumonia",
+                                                                   "covid19"))
+    cand.loc[bad_label, "drop_reason"] = [
+        "label is empty" if pd.isna(v) else f"unknown label {v}"
+        for v in cand.loc[bad_label, "label"]]
+    dup = cand["drop_reason"].isna() & cand["image_id"].duplicated(keep="first")
+    cand.loc[dup, "drop_reason"] = "image_id listed twice in the source metadata"
+
+    dropped = cand[cand["drop_reason"].notna()]
+    report = qc.concat_reports(
+        qc.report_rows(dropped, dropped["drop_reason"].astype(str).tolist()), extra_report)
+    kept = cand[cand["drop_reason"].isna()].drop(columns=["patient_raw", "drop_reason"])
+    manifest = validate_manifest(kept, data_root=root, check_files=True,
+                                 origin=f"{source} importer")
+    if options.hash_images and len(manifest):
+        manifest = qc.add_image_hashes(manifest, root, options.progress, options.n_jobs)
+        pairs = qc.find_duplicates(manifest)
+        manifest["qc_patient_group"] = qc.patient_groups(manifest, pairs)
+        flagged = qc.report_rows(
+            manifest.iloc[pairs["j"].to_numpy(dtype=int)],
+            [f"{k} duplicate of {a} ({d} bits): same patient group"
+             for k, a, d in zip(pairs["kind"], pairs["image_id_a"], pairs["distance"])],
+            "flagged")
+        report = qc.concat_reports(report, flagged)
+    info = {
+        "source": name,
+        "source_key": source,
+        "key_fingerprint": key_fingerprint(key),
+        "cache_dir": relpath(cache_dir, root),
+        "n_candidates": int(len(cand)),
+        "n_images": int(len(manifest)),
+        "n_dropped": int(len(dropped)),
+    }
+    info.update(meta or {})
+    return ImportResult(source=name, manifest=manifest, report=report, root=root,
+                        split_plan=split_plan, meta=info)
+
+
+def write_import_result(result: ImportResult, csv_path: str | Path) -> dict[str, Path]:
+    """Write the manifest (:func:`cxrlib.manifest.write_manifest`, data root = the source
+    root), its QC report and, when the source ships one, its split plan.
+
+    Returns the paths written (keys ``manifest``, ``report`` and maybe ``split_plan``).
+    """
+    paths = companion_paths(csv_path)
+    write_manifest(result.manifest, paths["manifest"], data_root=result.root, meta=result.meta)
+    result.report.to_csv(paths["report"], index=False)
+    written = {"manifest": paths["manifest"], "report": paths["report"]}
+    if result.split_plan is not None and len(result.split_plan):
+        result.split_plan.to_csv(paths["split_plan"], index=False)
+        written["split_plan"] = paths["split_plan"]
+    elif paths["split_plan"].is_file():
+        paths["split_plan"].unlink()  # a stale plan from an earlier import would mislead
+    return written

@@ -1,0 +1,366 @@
+"""The synthetic cohort generator: determinism, masks, RALE scoring, presets, shortcut, errors."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy import ndimage as ndi
+from scipy.stats import chi2_contingency, spearmanr
+
+from cxrlib.manifest import COLUMNS, load_manifest, read_sidecar
+from cxrlib.profiles import get_profile
+from cxrlib.synthetic import (
+    PRESETS, default_cohort, generate_cohort, lung_parts, rale_score, render_case, sample_cases,
+    severity_from_rale,
+)
+from cxrlib.synthetic.cohort import cell_counts
+from cxrlib.synthetic.anatomy import keep_two_lungs
+from cxrlib.synthetic.disease import split_column
+from cxrlib.synthetic.frame import PixelFrame, upsample2
+from cxrlib.synthetic.presets import ARIAS_SOURCES
+
+SIZE = 64
+
+
+def _digest(folder) -> dict:
+    """sha1 of every file under ``folder`` (relative path -> hex)."""
+    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _two_lungs():
+    """20x30 image: right lung rows 4-13 x cols 2-9 (80 px), left lung rows 4-13 x cols 16-25
+    (100 px); the lungs split at column 12, the middle of the empty run 10-15."""
+    lung = np.zeros((20, 30), bool)
+    lung[4:14, 2:10] = True
+    lung[4:14, 16:26] = True
+    return lung
+
+
+@pytest.fixture(scope="module")
+def arias_cohort(tmp_path_factory):
+    """30 images of the arias preset at 64 px, shortcut 0 (every style, 8- and 16-bit)."""
+    out = tmp_path_factory.mktemp("arias")
+    df = generate_cohort(out, preset="arias", n_images=30, size=SIZE, seed=3, shortcut=0.0,
+                         progress=False)
+    return df, out
+
+
+@pytest.fixture(scope="module")
+def covid_renders():
+    """Rendered COVID-19 cases of every severity (the covidgr preset), at 80 px."""
+    cases = sample_cases("covidgr", 60, seed=1, shortcut=1.0)
+    cases = cases[cases["label"] == "covid19"].head(24)
+    return [(row, render_case(row, 80, seed=1)) for _, row in cases.iterrows()]
+
+
+# ------------------------------------------------------------------------------------------
+# determinism
+# ------------------------------------------------------------------------------------------
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    kw = dict(preset="covidgr", n_images=6, size=SIZE, progress=False)
+    generate_cohort(tmp_path / "a", seed=5, **kw)
+    generate_cohort(tmp_path / "b", seed=5, **kw)
+    generate_cohort(tmp_path / "c", seed=6, **kw)
+    a, b, c = (_digest(tmp_path / k) for k in "abc")
+    assert a == b
+    assert len(a) == 3 * 6 + 2  # image + two masks per case, manifest + sidecar
+    assert a["images/covidgr_000000.png"] != c["images/covidgr_000000.png"]
+
+
+def test_parallel_generation_gives_the_same_bytes(tmp_path):
+    kw = dict(preset="arias", n_images=5, size=SIZE, seed=2, progress=False)
+    generate_cohort(tmp_path / "one", n_jobs=1, **kw)
+    generate_cohort(tmp_path / "two", n_jobs=2, **kw)
+    assert _digest(tmp_path / "one") == _digest(tmp_path / "two")
+
+
+def test_render_case_does_not_depend_on_the_cohort_around_it():
+    small = sample_cases("arias", 20, seed=4)
+    row = small.iloc[7]
+    again = render_case(row.to_dict(), SIZE, seed=4)
+    first = render_case(row, SIZE, seed=4)
+    assert np.array_equal(first["image"], again["image"])
+    assert np.array_equal(first["lung_mask"], again["lung_mask"])
+
+
+# ------------------------------------------------------------------------------------------
+# files and manifest
+# ------------------------------------------------------------------------------------------
+
+def test_manifest_validates_and_paths_are_relative(arias_cohort):
+    df, out = arias_cohort
+    back = load_manifest(out / "manifest.csv")
+    assert list(back.columns[: len(COLUMNS)]) == list(COLUMNS)
+    assert len(back) == len(df) == 30
+    extra = [c for c in back.columns if c not in COLUMNS]
+    assert extra and all(c.startswith("synth_") for c in extra)
+    for col in ("path", "lung_mask_path", "lesion_mask_path"):
+        assert not back[col].str.startswith("/").any()
+        assert all((out / p).is_file() for p in back[col])
+    meta = read_sidecar(out / "manifest.csv")["generator"]
+    assert meta["preset"] == "arias" and meta["n_images"] == 30 and meta["seed"] == 3
+    assert meta["shortcut"] == 0.0 and "cxrlib_version" in meta
+    # severity only for covid19
+    assert back.loc[back["label"] != "covid19", "severity"].isna().all()
+    assert back.loc[back["label"] == "covid19", "severity"].notna().all()
+
+
+def test_8_and_16_bit_pngs_with_matching_masks(arias_cohort):
+    df, out = arias_cohort
+    depths = set()
+    for row in df.itertuples():
+        img = np.asarray(Image.open(out / row.path))
+        expected = np.uint16 if row.synth_bit_depth == 16 else np.uint8
+        assert img.dtype == expected, row.image_id
+        depths.add(img.dtype)
+        assert img.shape == (row.synth_height, row.synth_width)
+        for mask_path in (row.lung_mask_path, row.lesion_mask_path):
+            mask = np.asarray(Image.open(out / mask_path))
+            assert mask.dtype == np.uint8 and mask.shape == img.shape
+            assert set(np.unique(mask)) <= {0, 255}
+    assert depths == {np.dtype(np.uint8), np.dtype(np.uint16)}
+
+
+def test_masks_lesions_inside_two_lungs(arias_cohort):
+    df, out = arias_cohort
+    for row in df.itertuples():
+        lung = np.asarray(Image.open(out / row.lung_mask_path)) > 0
+        lesion = np.asarray(Image.open(out / row.lesion_mask_path)) > 0
+        assert lung.mean() > 0.08, row.image_id
+        assert not (lesion & ~lung).any(), row.image_id
+        if row.projection == "PA":
+            assert ndi.label(lung)[1] == 2, row.image_id
+        if row.label == "control":
+            assert not lesion.any(), row.image_id
+        # the recorded ground truth is that of the written masks
+        score = rale_score(lung, lesion)
+        assert (score.total, score.right, score.left) == (
+            row.synth_rale, row.synth_rale_right, row.synth_rale_left)
+        assert row.synth_lesion_fraction == pytest.approx(lesion.sum() / lung.sum(), abs=1e-4)
+
+
+def test_render_case_outputs():
+    row = sample_cases("arias", 10, seed=0).iloc[0]
+    out = render_case(row, 96, seed=0)
+    h, w = out["image"].shape
+    assert max(h, w) == 96
+    assert h / w == pytest.approx(row["synth_aspect"], rel=0.05)
+    assert out["image"].dtype == np.float32
+    assert 0.0 <= out["image"].min() and out["image"].max() <= 1.0
+    assert out["lung_mask"].dtype == bool and out["lesion_mask"].dtype == bool
+    assert out["lung_fraction"] == pytest.approx(out["lung_mask"].mean())
+
+
+def test_pixel_frame_round_trip_and_half_resolution():
+    frame = PixelFrame.build((45, 38), px_per_cm=3.0, centre=(1.0, 12.0), angle=0.1)
+    row, col = frame.to_pixels(frame.X[7, 5], frame.Y[7, 5])
+    assert (row, col) == (pytest.approx(7, abs=1e-4), pytest.approx(5, abs=1e-4))
+    x, y = frame.to_patient(7, 5)
+    assert (x, y) == (pytest.approx(frame.X[7, 5], abs=1e-4), pytest.approx(frame.Y[7, 5], abs=1e-4))
+    coarse = frame.coarsen()
+    assert coarse.shape == (23, 19) and coarse.px_per_cm == 1.5
+    # coordinates are linear, so upsampling the coarse grid gives the fine one inside
+    up = upsample2(coarse.X, frame.shape)
+    assert up.shape == frame.shape
+    assert np.abs(up - frame.X)[1:-2, 1:-2].max() < 1e-4
+
+
+def test_keep_two_lungs_drops_specks():
+    lung = _two_lungs()
+    specks = lung.copy()
+    specks[0, 0] = specks[19, 29] = True
+    left = np.zeros(lung.shape, bool)
+    left[:, 12:] = True
+    assert np.array_equal(keep_two_lungs(specks, left), lung)
+    assert np.array_equal(keep_two_lungs(lung, left), lung)
+
+
+# ------------------------------------------------------------------------------------------
+# disease and the RALE-like score
+# ------------------------------------------------------------------------------------------
+
+def test_lung_parts_on_a_hand_made_mask():
+    assert split_column(_two_lungs()) == 12
+    parts = lung_parts(_two_lungs())
+    # rows 4-13: median row 8.5 -> 4-8 upper, 9-13 lower; right lung cols 2-9: median 5.5,
+    # medial = cols 6-9; left lung cols 16-25: median 20.5, medial = cols 16-20
+    assert parts[4, 2] == 1 and parts[4, 9] == 2 and parts[13, 2] == 3 and parts[13, 9] == 4
+    assert parts[8, 5] == 1 and parts[8, 6] == 2 and parts[9, 5] == 3
+    assert parts[4, 25] == 5 and parts[4, 16] == 6 and parts[13, 25] == 7 and parts[13, 20] == 8
+    assert parts[4, 21] == 5 and parts[4, 20] == 6
+    assert (parts == 0).sum() == (~_two_lungs()).sum()
+    assert [int((parts == k).sum()) for k in range(1, 9)] == [20] * 4 + [25] * 4
+
+
+def test_rale_score_hand_computed():
+    lung = _two_lungs()
+    lesion = np.zeros_like(lung)
+    lesion[9:14, 2:6] = True        # right lower lateral, whole part: involved
+    lesion[4:6, 16:21] = True       # left upper medial, 10 of 25 pixels: involved
+    lesion[13, 25] = True           # left lower lateral, 1 of 25 pixels: below 0.1
+    lesion[0, 0] = True             # outside the lungs: ignored
+    score = rale_score(lung, lesion)
+    assert (score.total, score.right, score.left) == (2, 1, 1)
+    assert score.involved.tolist() == [[False, False, True, False], [False, True, False, False]]
+    assert score.fraction[0, 2] == pytest.approx(1.0)
+    assert score.fraction[1, 1] == pytest.approx(0.4)
+    assert score.fraction[1, 2] == pytest.approx(0.04)
+    assert rale_score(lung, lesion, min_fraction=0.04).total == 3
+    assert rale_score(lung, lung).total == 8
+    assert rale_score(lung, np.zeros_like(lung)).total == 0
+    # 0/255 masks are accepted
+    assert rale_score(lung.astype(np.uint8) * 255, lesion.astype(np.uint8) * 255).total == 2
+
+
+def test_rale_score_rejects_bad_masks():
+    lung = _two_lungs()
+    with pytest.raises(ValueError, match="differ in shape"):
+        rale_score(lung, lung[:, :-1])
+    with pytest.raises(ValueError, match="lung_mask is empty"):
+        rale_score(np.zeros_like(lung), lung)
+    with pytest.raises(ValueError, match="min_fraction"):
+        rale_score(lung, lung, min_fraction=0.0)
+    with pytest.raises(ValueError, match="2-D"):
+        rale_score(lung[None], lung[None])
+
+
+def test_severity_from_rale():
+    assert severity_from_rale(0) == "normal_pcr_pos"
+    assert list(severity_from_rale([1, 2, 3, 5, 6, 8])) == [
+        "mild", "mild", "moderate", "moderate", "severe", "severe"]
+    for bad in (9, -1, 2.5, "3"):
+        with pytest.raises(ValueError, match="RALE"):
+            severity_from_rale(bad)
+
+
+def test_covid_lesions_hit_their_rale_target(covid_renders):
+    for row, out in covid_renders:
+        assert out["rale"].total == row["synth_rale_target"]
+        assert severity_from_rale(out["rale"].total) == row["severity"]
+        assert not (out["lesion_mask"] & ~out["lung_mask"]).any()
+        if row["severity"] == "normal_pcr_pos":
+            assert not out["lesion_mask"].any()
+
+
+def test_lesion_extent_grows_with_severity(covid_renders):
+    rale = [out["rale"].total for _, out in covid_renders]
+    extent = [out["lesion_fraction"] for _, out in covid_renders]
+    assert len(set(rale)) >= 4
+    rho, _ = spearmanr(rale, extent)
+    assert rho > 0.8
+    # bilateral from moderate on: both lungs involved
+    for r, (_, out) in zip(rale, covid_renders):
+        if r >= 5:
+            assert out["rale"].right > 0 and out["rale"].left > 0
+
+
+def test_pneumonia_is_denser_and_mostly_one_sided():
+    cases = sample_cases("arias", 200, seed=8)
+    pneu = cases[(cases["label"] == "pneumonia") & ~cases["synth_lobe"].str.contains(r"\+")].head(6)
+    for _, row in pneu.iterrows():
+        out = render_case(row, 80, seed=8)
+        lesion = out["lesion_mask"]
+        assert lesion.any() and not (lesion & ~out["lung_mask"]).any()
+        side = 0 if row["synth_lobe"].startswith("right") else 1
+        assert (out["rale"].right, out["rale"].left)[1 - side] == 0
+        # consolidation is brighter than the same side's aerated lung
+        other = out["lung_mask"] & ~lesion
+        assert out["image"][lesion].mean() > out["image"][other].mean()
+
+
+# ------------------------------------------------------------------------------------------
+# presets and the shortcut knob
+# ------------------------------------------------------------------------------------------
+
+def test_covidgr_is_balanced_pa_one_source_with_the_papers_severities():
+    cases = sample_cases("covidgr", 852, seed=0)
+    assert cases["label"].value_counts().to_dict() == {"control": 426, "covid19": 426}
+    assert set(cases["projection"]) == {"PA"} and set(cases["source"]) == {"COVIDGR"}
+    sev = cases.loc[cases["label"] == "covid19", "severity"].value_counts().to_dict()
+    assert sev == {"normal_pcr_pos": 76, "mild": 100, "moderate": 171, "severe": 79}
+    assert (cases.loc[cases["label"] == "control", "severity"] == "").all()
+    # Table 3: 236 men among positives, 187 among negatives (sampled, so approximately)
+    men = cases.groupby("label")["sex"].apply(lambda s: (s == "M").mean())
+    assert men["covid19"] == pytest.approx(236 / 426, abs=0.08)
+    assert men["control"] == pytest.approx(187 / 426, abs=0.08)
+
+
+def test_arias_classes_and_sources_follow_the_paper():
+    cases = sample_cases("arias", 400, seed=0)
+    flags = {s.name: set(s.labels) for s in ARIAS_SOURCES}
+    assert set(cases.loc[cases["label"] == "covid19", "source"]) == {"HM Hospitales", "BIMCV", "ACT"}
+    for source, labels in cases.groupby("source")["label"]:
+        assert set(labels) <= flags[source], source
+    # Table II shares: 49983 / 24114 / 8573 of 82670
+    counts = cases["label"].value_counts()
+    assert counts["control"] == 242 and counts["pneumonia"] == 117 and counts["covid19"] == 41
+    # every source at the smoke size, with the floor of 3 per (source, class)
+    cells = cell_counts("arias", 120)
+    assert (cells["n"] >= 3).all() and cells["n"].sum() == 120
+    assert set(cells["source"]) == {s.name for s in ARIAS_SOURCES}
+    # several images per patient for the hospital sources
+    per_patient = cases[cases["source"] == "HM Hospitales"].groupby("patient_id").size()
+    assert per_patient.max() > 1
+    assert (cases.groupby("patient_id")["label"].nunique() == 1).all()
+
+
+def _first_per_patient(cases):
+    return cases.drop_duplicates("patient_id")
+
+
+def test_shortcut_zero_makes_style_independent_of_label():
+    cases = _first_per_patient(sample_cases("arias", 3000, seed=11, shortcut=0.0))
+    for col in ("synth_style", "projection", "sensor", "synth_marker_corner", "synth_bit_depth"):
+        table = pd.crosstab(cases[col], cases["label"])
+        assert chi2_contingency(table).pvalue > 0.01, col
+    assert (cases["synth_style"] != cases["source"]).mean() > 0.5
+
+
+def test_shortcut_one_ties_style_to_source_and_label():
+    cases = sample_cases("arias", 3000, seed=11, shortcut=1.0)
+    assert (cases["synth_style"] == cases["source"]).all() and cases["synth_coupled"].all()
+    first = _first_per_patient(cases)
+    assert chi2_contingency(pd.crosstab(first["synth_style"], first["label"])).pvalue < 1e-10
+    half = sample_cases("arias", 3000, seed=11, shortcut=0.5)
+    assert 0.4 < half.drop_duplicates("patient_id")["synth_coupled"].mean() < 0.6
+
+
+def test_bad_arguments_raise_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown preset 'chexpert'"):
+        sample_cases("chexpert", 10)
+    for shortcut in (-0.1, 1.5, "high"):
+        with pytest.raises(ValueError, match="shortcut"):
+            sample_cases("arias", 10, shortcut=shortcut)
+    for n in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="n_images"):
+            sample_cases("arias", n)
+    with pytest.raises(ValueError, match="seed"):
+        sample_cases("arias", 10, seed=-1)
+    with pytest.raises(ValueError, match="size"):
+        generate_cohort(tmp_path, "arias", 2, size=16, progress=False)
+    with pytest.raises(ValueError, match="n_jobs"):
+        generate_cohort(tmp_path, "arias", 2, size=SIZE, n_jobs=0, progress=False)
+    assert set(PRESETS) == {"arias", "covidgr"}
+
+
+# ------------------------------------------------------------------------------------------
+# the cached default cohort
+# ------------------------------------------------------------------------------------------
+
+def test_default_cohort_is_cached_and_regenerated_when_stale(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_DATA_DIR", str(tmp_path))
+    prof = get_profile("smoke").with_overrides(name="tiny", n_covidgr=4, synth_size=SIZE)
+    csv = default_cohort("covidgr", prof, seed=0, progress=False)
+    assert csv == tmp_path / "synthetic" / "covidgr-tiny-s0-sc1.0" / "manifest.csv"
+    assert len(load_manifest(csv)) == 4
+    stamp = csv.stat().st_mtime_ns
+    assert default_cohort("covidgr", prof, seed=0, progress=False) == csv
+    assert csv.stat().st_mtime_ns == stamp  # reused, not regenerated
+    bigger = prof.with_overrides(n_covidgr=6)
+    assert len(load_manifest(default_cohort("covidgr", bigger, seed=0, progress=False))) == 6
+    assert [p.name for p in (tmp_path / "synthetic").iterdir()] == ["covidgr-tiny-s0-sc1.0"]
