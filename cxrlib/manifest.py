@@ -84,6 +84,27 @@ def _empty(series: pd.Series) -> pd.Series:
     return series.isna() | as_str.str.strip().fillna("").eq("")
 
 
+def _typed_extra(series: pd.Series) -> pd.Series:
+    """An extra (``synth_``/``qc_``) column read from CSV as text, typed back: all-boolean text
+    becomes bool, all-numeric text becomes numbers; anything else stays text. Empty stays missing."""
+    if series.dtype != object and not pd.api.types.is_string_dtype(series):
+        return series
+    blank = _empty(series)
+    text = series.astype("string").str.strip()
+    present = text[~blank]
+    if present.empty:
+        return series.where(~blank, pd.NA)
+    if present.isin(["True", "False"]).all():
+        return text.map({"True": True, "False": False}).where(~blank, pd.NA).astype(object) \
+            if blank.any() else text.eq("True").astype(bool)
+    numbers = pd.to_numeric(present, errors="coerce")
+    if numbers.notna().all():
+        out = pd.to_numeric(text.where(~blank, None), errors="coerce")
+        integral = (numbers == numbers.round()).all() and not blank.any()
+        return out.astype("int64") if integral else out.astype(float)
+    return text.where(~blank, pd.NA).astype(object)
+
+
 def validate_manifest(
     df: pd.DataFrame,
     data_root: str | Path | None = None,
@@ -130,6 +151,8 @@ def validate_manifest(
             out[col] = pd.NA
     extras = [c for c in out.columns if c not in COLUMNS]
     out = out[list(COLUMNS) + extras].reset_index(drop=True)
+    for col in extras:
+        out[col] = _typed_extra(out[col])
 
     for col in COLUMNS:
         if col == "age":

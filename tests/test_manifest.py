@@ -42,6 +42,24 @@ def test_extra_columns_need_a_known_prefix(tiny_cohort):
     assert {"synth_rale", "qc_flag"} <= set(ok.columns)
 
 
+def test_extra_columns_come_back_typed_from_csv(tiny_cohort, tmp_path):
+    df, root = tiny_cohort
+    n = len(df)
+    df = df.assign(
+        synth_rale=[str(i % 9) for i in range(n)],
+        synth_fraction=["0.25"] * (n - 1) + [""],
+        synth_devices=["True", "False"] * (n // 2),
+        qc_reason=["ok"] * n,
+    )
+    csv = tmp_path / "typed.csv"
+    write_manifest(df, csv, data_root=root)
+    back = load_manifest(csv)
+    assert back["synth_rale"].dtype == "int64" and back["synth_rale"].sum() == sum(i % 9 for i in range(n))
+    assert back["synth_fraction"].dtype == float and back["synth_fraction"].isna().sum() == 1
+    assert back["synth_devices"].dtype == bool and back["synth_devices"].sum() == n // 2
+    assert (back["qc_reason"] == "ok").all()
+
+
 @pytest.mark.parametrize(
     "column, value, message",
     [
