@@ -4,8 +4,8 @@ Every notebook starts with the same parameters cell (papermill injects the value
 
     profile = "smoke"      # smoke | default | paper
     cohort = "arias"       # synthetic preset used when `manifest` is empty: arias | covidgr
-    manifest = ""          # manifest CSV of a real corpus; empty = the synthetic cohort
-    run_dir = ""           # this cohort's run folder; empty = reports/interactive/<profile>/<cohort>
+    manifest = ""          # manifest CSV of a real corpus (empty: the synthetic cohort)
+    run_dir = ""           # run folder of this cohort (empty: reports/interactive/<profile>/<cohort>)
     seed = 0               # one seed for everything random
     interactive = False    # show the ipywidgets browsers
 
