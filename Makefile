@@ -31,7 +31,7 @@ smoke: setup
 	$(PY) -m cxrlib run --profile smoke
 
 test: setup
-	$(PY) -m pytest -n $(JOBS) --durations=15
+	$(PY) -m pytest -n $(JOBS) --dist loadfile --durations=15
 
 benchmarks: setup
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -33,6 +33,8 @@ class Profile:
     seg_lr : U-Net peak learning rate (Adam, one-cycle schedule; 1e-3 in the reference).
     seg_batch_norm : batch normalisation in the U-Net (not in the reference; it lets the short
         CPU trainings of ``smoke`` and ``default`` converge in their few epochs).
+    seg_min_steps : fewest U-Net optimiser steps; the epochs are raised on a small cohort to reach
+        it (``smoke``: a 64-image cohort gets 2 epochs, too few steps otherwise to find the lungs).
     epochs : classifier training epochs per fold.
     cit_epochs : class-inherent-transformation (FuCiTNet) epochs per fold.
     folds : cross-validation folds.
@@ -41,6 +43,14 @@ class Profile:
     batch_size : training batch size.
     bootstrap : bootstrap resamples for confidence intervals.
     tsne_max_points : largest number of embeddings passed to t-SNE.
+    cls_width : channel multiplier of the from-scratch classifiers of notebook 03 (COVID-Net).
+    cls_folds : how many folds of the split plan notebook 03 trains (the first ones; at most
+        ``folds``), so that its CPU time fits the profile.
+    cls_fast_recipe : train COVID-Net with ``arias2020-fast`` (Adam 1e-3, precise batch-norm
+        statistics) instead of the paper's Adam 2e-5, which learns almost nothing in a few epochs.
+    cls_binary_model : the network of seed 000's binary experiments (``resnet50`` in the paper).
+    cls_extra_seeds : also run seed 002 (VGG16, original vs equalised) and seed 004 (frozen
+        ImageNet backbone) in notebook 03.
     """
 
     name: str
@@ -53,6 +63,7 @@ class Profile:
     seg_batch_size: int
     seg_lr: float
     seg_batch_norm: bool
+    seg_min_steps: int
     epochs: int
     cit_epochs: int
     folds: int
@@ -61,6 +72,11 @@ class Profile:
     batch_size: int
     bootstrap: int
     tsne_max_points: int
+    cls_width: float
+    cls_folds: int
+    cls_fast_recipe: bool
+    cls_binary_model: str
+    cls_extra_seeds: bool
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -74,20 +90,29 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", n_arias=120, n_covidgr=64, synth_size=128, image_size=64, seg_size=64,
         seg_epochs=1, seg_batch_size=4, seg_lr=1e-2, seg_batch_norm=True,
+        seg_min_steps=20,
         epochs=1, cit_epochs=1, folds=2, repetitions=1, width=0.25,
         batch_size=16, bootstrap=50, tsne_max_points=200,
+        cls_width=0.25, cls_folds=2, cls_fast_recipe=True, cls_binary_model="covidnet",
+        cls_extra_seeds=False,
     ),
     "default": Profile(
         name="default", n_arias=1200, n_covidgr=400, synth_size=256, image_size=128, seg_size=128,
-        seg_epochs=8, seg_batch_size=8, seg_lr=3e-3, seg_batch_norm=True,
+        seg_epochs=5, seg_batch_size=8, seg_lr=3e-3, seg_batch_norm=True,
+        seg_min_steps=0,
         epochs=6, cit_epochs=3, folds=5, repetitions=1, width=0.5,
         batch_size=32, bootstrap=500, tsne_max_points=2000,
+        cls_width=0.25, cls_folds=2, cls_fast_recipe=True, cls_binary_model="covidnet",
+        cls_extra_seeds=False,
     ),
     "paper": Profile(
         name="paper", n_arias=8000, n_covidgr=852, synth_size=1024, image_size=224, seg_size=256,
         seg_epochs=50, seg_batch_size=8, seg_lr=1e-3, seg_batch_norm=False,
+        seg_min_steps=0,
         epochs=24, cit_epochs=30, folds=5, repetitions=5, width=1.0,
         batch_size=32, bootstrap=2000, tsne_max_points=10000,
+        cls_width=1.0, cls_folds=5, cls_fast_recipe=False, cls_binary_model="resnet50",
+        cls_extra_seeds=True,
     ),
 }
 

@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +57,8 @@ __all__ = [
     "train_unet", "train_unet_on_manifest", "SegmenterFit", "save_unet", "load_unet",
     "read_unet_params", "predict_lung_probability", "postprocess_mask", "segment_images",
     "segment_image", "lung_qc", "segment_manifest", "dice_score", "iou_score", "score_masks", "summarise_scores",
-    "worst_cases", "reference_scores", "paper_vs_reproduced",
+    "worst_cases", "reference_scores", "paper_vs_reproduced", "scores_table", "qc_summary",
+    "training_curves_figure", "mask_cases_figure",
 ]
 
 #: Augmentation of the reference implementation (Keras ImageDataGenerator arguments).
@@ -353,6 +356,7 @@ def train_unet_on_manifest(
     batch_size: int | None = None,
     lr: float | None = None,
     batch_norm: bool | None = None,
+    min_steps: int | None = None,
     schedule: str = "one_cycle",
     augment: bool = True,
     valid_size: float = 0.1,
@@ -368,7 +372,10 @@ def train_unet_on_manifest(
     ``train``, fastai reports on ``valid`` each epoch, and ``test`` is left for scoring.
     Arguments left as None come from the profile: ``size`` = ``seg_size``, ``width`` =
     ``width``, ``epochs`` = ``seg_epochs``, ``batch_size`` = ``seg_batch_size``, ``lr`` =
-    ``seg_lr``, ``batch_norm`` = ``seg_batch_norm``. The others are those of :func:`train_unet`.
+    ``seg_lr``, ``batch_norm`` = ``seg_batch_norm``, ``min_steps`` = ``seg_min_steps`` when
+    ``epochs`` is None too, else 0: the epochs are raised, when needed, so that training makes
+    at least ``min_steps`` optimiser steps (``ceil(min_steps / steps per epoch)`` epochs). The
+    others are those of :func:`train_unet`.
 
     The weights go to ``weights_path`` and the parameters to ``weights_path`` with suffix
     ``.json`` (see :func:`save_unet`).
@@ -376,6 +383,8 @@ def train_unet_on_manifest(
     prof = get_profile(profile)
     size = int(size if size is not None else prof.seg_size)
     width = float(width if width is not None else prof.width)
+    if min_steps is None:  # the profile's floor applies to the profile's epochs only
+        min_steps = prof.seg_min_steps if epochs is None else 0
     epochs = int(epochs if epochs is not None else prof.seg_epochs)
     batch_size = int(batch_size if batch_size is not None else prof.seg_batch_size)
     lr = float(lr if lr is not None else prof.seg_lr)
@@ -388,6 +397,10 @@ def train_unet_on_manifest(
                                             progress=progress)
     is_train = (subset == "train").to_numpy()
     is_valid = (subset == "valid").to_numpy()
+    min_steps = int(min_steps)
+    n_train = int(is_train.sum())
+    steps_per_epoch = n_train // batch_size if n_train > batch_size else 1  # drop_last
+    epochs = max(epochs, math.ceil(min_steps / max(steps_per_epoch, 1)))
     start = time.perf_counter()
     model, history = train_unet(
         images[is_train], masks[is_train], images[is_valid], masks[is_valid],
@@ -400,7 +413,7 @@ def train_unet_on_manifest(
         "loss": "binary cross-entropy (on logits)",
         "augmentation": AUGMENTATION if augment else None,
         "preprocessing": "resize to size x size, histogram equalisation, per-image standardisation",
-        "seed": seed, "profile": prof.name,
+        "min_steps": min_steps, "seed": seed, "profile": prof.name,
         "n_train": int(is_train.sum()), "n_valid": int(is_valid.sum()),
         "n_test": int((subset == "test").sum()),
         "train_seconds": round(time.perf_counter() - start, 1),
@@ -789,3 +802,135 @@ def paper_vs_reproduced(scores: pd.DataFrame, by: str = "source") -> pd.DataFram
         "dice_mean": "dice", "iou_mean": "iou"}).assign(what="reproduced", dataset="all")
     out = pd.concat([paper, ours, overall], ignore_index=True)
     return out[["what", "dataset", "n", "dice", "dice_sd", "iou", "iou_sd"]]
+
+
+# --------------------------------------------------------------------------------------------
+# Tables and figures of notebook 01
+
+
+def scores_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """The published scores beside this run's, per source, per class and overall.
+
+    ``scores``: the output of :func:`score_masks` (``image_id``, ``source``, ``label``, ``dice``,
+    ``iou``). Returns columns ``what`` (``paper`` / ``reproduced``), ``group`` (``dataset`` for
+    the paper's rows, ``source``, ``label`` or ``all``), ``name``, ``n`` (images; empty for the
+    paper), ``dice``, ``dice_sd``, ``iou``, ``iou_sd`` (means and sample sds, in [0, 1]).
+    """
+    paper = reference_scores().drop(columns="note").rename(columns={"dataset": "name"})
+    parts = [paper.assign(what="paper", group="dataset")]
+    for by in ("source", "label", None):
+        part = summarise_scores(scores, by=by).rename(columns={
+            by: "name", "dice_mean": "dice", "iou_mean": "iou"})
+        parts.append(part.assign(what="reproduced", group=by or "all",
+                                 **({} if by else {"name": "all"})))
+    out = pd.concat(parts, ignore_index=True)
+    out["n"] = out["n"].astype("Int64")
+    return out[["what", "group", "name", "n", "dice", "dice_sd", "iou", "iou_sd"]]
+
+
+def qc_summary(qc: pd.DataFrame, min_lung_fraction: float = 0.30,
+               by: str = "source") -> pd.DataFrame:
+    """Counts of the segmentation QC flag per ``by`` group, plus a ``total`` row.
+
+    ``qc``: one row per image with ``by``, ``qc_lungs_found``, ``qc_lung_fraction`` and
+    ``qc_pass`` (the columns of :func:`segment_manifest` joined with the manifest's ``by``);
+    ``min_lung_fraction`` is the threshold the flag was computed with.
+    Returns columns ``[by], images, passed, flagged, lungs_not_found`` (not exactly two lung
+    regions of sufficient size), ``low_lung_fraction`` (lungs cover less than the threshold;
+    an image may count in both), ``mean_lung_fraction`` (in [0, 1]), ``flagged_pct`` (percent).
+    """
+    need = {by, "qc_lungs_found", "qc_lung_fraction", "qc_pass"}
+    missing = sorted(need - set(qc.columns))
+    if missing:
+        raise ValueError(f"qc table lacks column(s) {missing}; columns are {list(qc.columns)}")
+    if qc.empty:
+        raise ValueError("qc table is empty: nothing to summarise")
+
+    def agg(g: pd.DataFrame) -> dict:
+        passed = int(g["qc_pass"].astype(bool).sum())
+        return {"images": len(g), "passed": passed, "flagged": len(g) - passed,
+                "lungs_not_found": int((~g["qc_lungs_found"].astype(bool)).sum()),
+                "low_lung_fraction": int((g["qc_lung_fraction"] < min_lung_fraction).sum()),
+                "mean_lung_fraction": float(g["qc_lung_fraction"].mean()),
+                "flagged_pct": 100.0 * (len(g) - passed) / len(g)}
+
+    rows = [{by: key, **agg(g)} for key, g in qc.groupby(by, sort=True)]
+    rows.append({by: "total", **agg(qc)})
+    return pd.DataFrame(rows).round({"mean_lung_fraction": 3, "flagged_pct": 1})
+
+
+def training_curves_figure(history: pd.DataFrame):
+    """Figure: training and validation loss (left) and validation Dice (right) per epoch, from
+    the ``history`` of :func:`train_unet`. Returns a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    missing = sorted({"epoch", "train_loss", "valid_loss", "valid_dice"} - set(history.columns))
+    if missing:
+        raise ValueError(f"history lacks column(s) {missing}: pass SegmenterFit.history")
+    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(9, 3.2), layout="constrained")
+    ax_loss.plot(history["epoch"], history["train_loss"], "o-", label="training (smoothed)")
+    ax_loss.plot(history["epoch"], history["valid_loss"], "s-", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="binary cross-entropy", title="U-Net loss")
+    ax_loss.legend(fontsize=8)
+    ax_dice.plot(history["epoch"], history["valid_dice"], "s-", color="C2")
+    ax_dice.set(xlabel="epoch", ylabel="Dice (threshold 0.5)", ylim=(0, 1),
+                title="Validation Dice, before post-processing")
+    for ax in (ax_loss, ax_dice):
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return fig
+
+
+def mask_cases_figure(
+    cases: pd.DataFrame,
+    masks_dir: str | Path,
+    data_root: str | Path,
+    caption: str = "dice",
+    title: str = "",
+    max_rows: int = 12,
+):
+    """Figure: one row per case - the image, its true lung mask (when the row has a
+    ``lung_mask_path``) and the predicted mask of ``masks_dir`` outlined in green on the image
+    (no outline when the predicted mask is empty).
+
+    ``cases``: manifest rows (``image_id``, ``path``, optional ``lung_mask_path``) plus the
+    column named by ``caption`` (e.g. ``dice`` or ``qc_reason``), shown under the row's id.
+    At most ``max_rows`` rows are drawn. Returns a matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if cases.empty:
+        raise ValueError("no cases to show")
+    cases = cases.head(max_rows)
+    root, masks_dir = Path(data_root), Path(masks_dir)
+    with_truth = "lung_mask_path" in cases.columns and cases["lung_mask_path"].notna().any()
+    columns = ["image", "true mask", "predicted (outline)"] if with_truth else [
+        "image", "predicted (outline)"]
+    fig, axes = plt.subplots(len(cases), len(columns), squeeze=False,
+                             figsize=(2.2 * len(columns), 2.3 * len(cases)),
+                             layout="constrained")
+    for i, rec in enumerate(cases.to_dict("records")):
+        image = read_image(root / rec["path"])
+        pred = read_mask(masks_dir / mask_file_name(rec["image_id"]))
+        panels = [image]
+        if with_truth:
+            truth = rec.get("lung_mask_path")
+            panels.append(read_mask(root / truth) if isinstance(truth, str) and truth else None)
+        panels.append(image)  # the prediction is outlined on it
+        for j, (ax, panel) in enumerate(zip(axes[i], panels)):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(columns[j], fontsize=9)
+            if panel is None:
+                ax.set_facecolor("#eeeeee")
+                continue
+            ax.imshow(panel, cmap="gray", vmin=0, vmax=1)
+            if j == len(panels) - 1 and pred.any():
+                ax.contour(pred, levels=[0.5], colors="lime", linewidths=0.8)
+        value = rec.get(caption, "")
+        value = f"{value:.3f}" if isinstance(value, float) else str(value)
+        label = f"{rec['image_id']}\n{caption}: {value}" if value else str(rec["image_id"])
+        axes[i, 0].set_ylabel(textwrap.fill(label, 30, replace_whitespace=False), fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

@@ -61,7 +61,7 @@ __all__ = [
     "VIEWS", "VARIANTS", "lung_extent", "square_roi_box", "rect_roi_box", "sdnet_box",
     "crop_to_box", "equalize", "resize_image", "resize_mask", "exp1_view", "exp2_view",
     "exp3_view", "sdnet_view", "make_view",
-    "mask_file_name", "build_views",
+    "mask_file_name", "build_views", "views_figure",
 ]
 
 #: The views :func:`build_views` knows, in the study's order.
@@ -510,3 +510,75 @@ def build_views(
     out.attrs.update(n_computed=n_computed, n_cached=n_cached, skipped=skipped,
                      cache_dir=str(cache_dir))
     return out
+
+
+def views_figure(
+    rows: pd.DataFrame,
+    views_table: pd.DataFrame,
+    views: tuple[str, ...] | list[str] = VIEWS,
+    data_root: str | Path | None = None,
+    masks_dir: str | Path | None = None,
+    label_columns: tuple[str, ...] = ("label", "source"),
+    title: str = "",
+):
+    """Figure: one row per image - optionally the image, its true and predicted lung masks - then
+    the chosen views read from the PNGs of a :func:`build_views` table.
+
+    Parameters
+    ----------
+    rows : manifest rows to show (``image_id``, ``path``, optional ``lung_mask_path`` and the
+        ``label_columns``, written at the left of each row).
+    views_table : ``image_id``, ``view``, ``path`` (what :func:`build_views` returns; tables of
+        several variants may be concatenated). A missing view leaves a grey panel.
+    views : column order, names as in ``views_table['view']`` (e.g. ``exp3_public_code``).
+    data_root : with it, the image and its true mask (when the manifest has one) come first.
+    masks_dir : with it (and ``data_root``), the predicted mask (:func:`mask_file_name`) too.
+
+    Returns a matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if rows.empty:
+        raise ValueError("no images to show")
+    lookup = {(str(i), v): p for i, v, p in
+              views_table[["image_id", "view", "path"]].itertuples(index=False)}
+    columns: list[str] = []
+    if data_root is not None:
+        columns.append("image")
+        if "lung_mask_path" in rows.columns and rows["lung_mask_path"].notna().any():
+            columns.append("true mask")
+        if masks_dir is not None:
+            columns.append("predicted mask")
+    columns += list(views)
+    fig, axes = plt.subplots(len(rows), len(columns), squeeze=False,
+                             figsize=(1.8 * len(columns), 1.9 * len(rows)),
+                             layout="constrained")
+    for i, rec in enumerate(rows.to_dict("records")):
+        image_id = str(rec["image_id"])
+        for j, column in enumerate(columns):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(column, fontsize=8)
+            if column == "image":
+                panel = read_image(Path(data_root) / rec["path"])
+            elif column == "true mask":
+                truth = rec.get("lung_mask_path")
+                panel = read_mask(Path(data_root) / truth) if isinstance(truth, str) and truth \
+                    else None
+            elif column == "predicted mask":
+                path = Path(masks_dir) / mask_file_name(image_id)
+                panel = read_mask(path) if path.is_file() else None
+            else:
+                path = lookup.get((image_id, column))
+                panel = read_image(path) if path is not None else None
+            if panel is None:
+                ax.set_facecolor("#eeeeee")
+                continue
+            ax.imshow(panel, cmap="gray", vmin=0, vmax=1)
+        labels = [str(rec[c]) for c in label_columns if c in rec]
+        axes[i, 0].set_ylabel("\n".join(labels) or image_id, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig

@@ -1,0 +1,437 @@
+"""Notebook 03's helpers: its inputs, its tables beside the papers' and its figures.
+
+- :func:`read_views`: the views notebook 01 wrote (``artifacts/views.csv``), without the images
+  that failed segmentation QC;
+- :func:`classifier_setup`: which recipe, folds, width and epoch overrides a profile trains with;
+- :func:`without_severity`: seed 000's cohort without Normal-PCR+ (Tables 7-8);
+- :func:`severity_accuracy`: the share of positives called positive per severity (seed 000,
+  Table 6), per trained fold;
+- :func:`table4_beside_paper`, :func:`global_beside_paper`, :func:`binary_beside_paper`,
+  :func:`severity_beside_paper`: our mean +- sd (percent) next to the published numbers
+  (:mod:`cxrlib.paper_tables`);
+- :func:`plot_mean_roc`, :func:`plot_confusion_matrices`, :func:`plot_training_curves`: figures.
+
+Inputs are the tables of :mod:`cxrlib.metrics` (``class_metrics`` / ``global_metrics`` passed
+through ``summarize``): rates are fractions in [0, 1]; the comparison tables show percent.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from cxrlib import paper_tables
+from cxrlib.manifest import SEVERITIES
+from cxrlib.predictions import MODEL_KEY, RUN_KEY
+from cxrlib.profiles import Profile
+from cxrlib.training import TrainingRecipe, get_recipe
+
+__all__ = [
+    "FAST_ARIAS_RECIPE", "ClassifierSetup", "classifier_setup", "read_views", "without_severity",
+    "severity_accuracy", "table4_beside_paper", "global_beside_paper", "binary_metrics",
+    "binary_beside_paper", "severity_beside_paper", "init_sentence", "compare_experiments",
+    "plot_mean_roc",
+    "plot_confusion_matrices", "plot_training_curves",
+]
+
+#: Seed 001's recipe with a learning rate that learns within a few CPU epochs (Adam 1e-3 instead
+#: of 2e-5) and batch-norm statistics recomputed before each validation.
+FAST_ARIAS_RECIPE = get_recipe("arias2020").with_overrides(
+    name="arias2020-fast", lr=1e-3, precise_bn_batches=8,
+    source="seed 001's recipe with Adam 1e-3 (not 2e-5) and precise batch-norm statistics")
+
+_ARIAS_EXPERIMENT = {"exp1": "exp1_raw", "exp2": "exp2_cropped", "exp3": "exp3_segmented"}
+_PAPER_SEVERITY = {"normal_pcr_pos": "Normal-PCR+", "mild": "Mild", "moderate": "Moderate",
+                   "severe": "Severe"}
+
+
+@dataclass(frozen=True)
+class ClassifierSetup:
+    """How notebook 03 trains at one profile.
+
+    Attributes
+    ----------
+    covidnet : (model, recipe) of seed 001's COVID-Net variant.
+    binary : (model, recipe) of seed 000's binary experiments.
+    folds : fold numbers of the split plan to train (the first ``profile.cls_folds``).
+    width : channel multiplier of the width-scalable networks.
+    overrides : ``epochs`` / ``batch_size`` for :func:`cxrlib.crossval.run_crossval` (empty at
+        the paper profile, where every recipe keeps its paper's values).
+    """
+
+    covidnet: tuple[str, TrainingRecipe]
+    binary: tuple[str, TrainingRecipe]
+    folds: list[int]
+    width: float
+    overrides: dict
+
+
+def classifier_setup(profile: Profile) -> ClassifierSetup:
+    """The :class:`ClassifierSetup` of ``profile`` (its ``cls_*`` fields)."""
+    if profile.cls_folds < 1:
+        raise ValueError(f"profile {profile.name!r}: cls_folds must be >= 1, "
+                         f"got {profile.cls_folds}")
+    covid_recipe = FAST_ARIAS_RECIPE if profile.cls_fast_recipe else get_recipe("arias2020")
+    binary_model = profile.cls_binary_model
+    binary_recipe = covid_recipe if binary_model == "covidnet" else get_recipe("tabik2020")
+    overrides = {} if profile.name == "paper" else \
+        {"epochs": profile.epochs, "batch_size": profile.batch_size}
+    return ClassifierSetup(
+        covidnet=("covidnet", covid_recipe), binary=(binary_model, binary_recipe),
+        folds=list(range(min(profile.cls_folds, profile.folds))), width=profile.cls_width,
+        overrides=overrides)
+
+
+def read_views(
+    artifacts_dir: str | Path,
+    manifest: pd.DataFrame,
+    exclude_qc_failed: bool = True,
+    min_per_class: int = 0,
+) -> tuple[pd.DataFrame, list[str]]:
+    """The views of notebook 01, restricted to the manifest's images.
+
+    Parameters
+    ----------
+    artifacts_dir : the run folder's ``artifacts/``, holding ``views.csv`` (``image_id``,
+        ``view``, ``path``; relative paths are relative to ``artifacts_dir``) and
+        ``segmentation_qc.csv`` (``image_id``, ``qc_pass`` bool).
+    manifest : the validated manifest.
+    exclude_qc_failed : drop every view of the images whose predicted lung mask failed QC.
+    min_per_class : if the exclusion would leave a class with fewer images than this, nothing
+        is excluded, a ``UserWarning`` says so and ``attrs['qc_exclusion_skipped']`` is True
+        (a segmentation that fails on most images, as a 1-epoch U-Net may, must not leave the
+        classifiers without data).
+
+    Returns
+    -------
+    (views, excluded): the views table (``image_id``, ``view``, ``path`` absolute) and the
+    sorted ids of the images left out for failing QC.
+    """
+    artifacts_dir = Path(artifacts_dir)
+    views_path = artifacts_dir / "views.csv"
+    if not views_path.is_file():
+        raise FileNotFoundError(f"{views_path} does not exist: run notebook 01 (lung "
+                                "segmentation and views) first")
+    views = pd.read_csv(views_path, dtype={"image_id": str})
+    missing = [c for c in ("image_id", "view", "path") if c not in views.columns]
+    if missing:
+        raise ValueError(f"{views_path} lacks column(s) {missing}")
+    views = views[views["image_id"].isin(manifest["image_id"].astype(str))]
+    views = views.assign(path=[str(p if Path(p).is_absolute() else artifacts_dir / p)
+                               for p in views["path"]])
+    excluded: list[str] = []
+    qc_skipped = False
+    if exclude_qc_failed:
+        qc_path = artifacts_dir / "segmentation_qc.csv"
+        if not qc_path.is_file():
+            raise FileNotFoundError(f"{qc_path} does not exist: run notebook 01 first, or pass "
+                                    "exclude_qc_failed=False")
+        qc = pd.read_csv(qc_path, dtype={"image_id": str})
+        if "qc_pass" not in qc.columns:
+            raise ValueError(f"{qc_path} lacks column 'qc_pass'")
+        passed = qc["qc_pass"].astype(str).str.lower().isin(("true", "1"))
+        failed = set(qc.loc[~passed, "image_id"])
+        excluded = sorted(failed & set(views["image_id"]))
+        label = manifest.drop_duplicates("image_id").set_index("image_id")["label"]
+        kept = label[label.index.isin(set(views["image_id"]) - failed)].value_counts()
+        kept = kept.reindex(label.unique(), fill_value=0)
+        if (kept < min_per_class).any():
+            warnings.warn(f"QC exclusion not applied: leaving out the {len(excluded)} images that "
+                          f"failed it would leave {kept.min()} image(s) of class "
+                          f"{kept.idxmin()!r} (< {min_per_class})", UserWarning, stacklevel=2)
+            excluded, failed, qc_skipped = [], set(), True
+        views = views[~views["image_id"].isin(failed)]
+    out = views[["image_id", "view", "path"]].reset_index(drop=True)
+    out.attrs["qc_exclusion_skipped"] = qc_skipped
+    return out, excluded
+
+
+def without_severity(manifest: pd.DataFrame, plan: pd.DataFrame,
+                     severity: str = "normal_pcr_pos") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Manifest and split plan without the images of one severity grade (seed 000, Tables 7-8:
+    COVIDGR without Normal-PCR+). The folds are kept as they are."""
+    if severity not in SEVERITIES:
+        raise ValueError(f"unknown severity {severity!r}; choose one of {list(SEVERITIES)}")
+    keep = manifest["severity"].astype(str) != severity
+    kept = manifest[keep].reset_index(drop=True)
+    kept.attrs = dict(manifest.attrs)
+    return kept, plan[plan["image_id"].isin(kept["image_id"])].reset_index(drop=True)
+
+
+def severity_accuracy(predictions: pd.DataFrame, manifest: pd.DataFrame,
+                      positive: str = "covid19", by: Sequence[str] = RUN_KEY) -> pd.DataFrame:
+    """Share of the ``positive`` images called ``positive``, per severity grade (seed 000, Table 6).
+
+    Returns one row per group of ``by`` and severity present (in the schema's order):
+    the ``by`` columns, ``severity``, ``n`` (images) and ``accuracy`` (fraction in [0, 1]).
+    Positive images without a severity are left out.
+    """
+    severity = manifest.drop_duplicates("image_id").set_index("image_id")["severity"]
+    rows = predictions[predictions["label"] == positive]
+    rows = rows.assign(severity=rows["image_id"].map(severity).astype(object))
+    rows = rows[rows["severity"].isin(SEVERITIES)]
+    columns = list(by) + ["severity", "n", "accuracy"]
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    rows = rows.assign(correct=(rows["predicted"] == positive).astype(float))
+    out = (rows.groupby(list(by) + ["severity"], sort=False)["correct"]
+           .agg(n="size", accuracy="mean").reset_index())
+    out["severity"] = pd.Categorical(out["severity"], categories=list(SEVERITIES), ordered=True)
+    out = out.sort_values(list(by) + ["severity"], kind="stable")
+    out["severity"] = out["severity"].astype(str)
+    return out[columns].reset_index(drop=True)
+
+
+def _pm(mean, sd, scale: float = 100.0, decimals: int = 2) -> str:
+    if mean is None or pd.isna(mean):
+        return ""
+    text = f"{mean * scale:.{decimals}f}"
+    return text if sd is None or pd.isna(sd) else f"{text} ± {sd * scale:.{decimals}f}"
+
+
+def table4_beside_paper(class_summary: pd.DataFrame) -> pd.DataFrame:
+    """Seed 001, Table IV per class: ours beside the paper's.
+
+    Parameters
+    ----------
+    class_summary : ``summarize(class_metrics(...))`` rows of experiments ``exp1``/``exp2``/
+        ``exp3`` (others are ignored).
+
+    Returns one row per (experiment, model, method, class): ``PPV``, ``Recall``, ``F1`` as
+    ``"mean ± sd"`` percent, ours and ``paper`` columns side by side.
+    """
+    paper = paper_tables.load("arias2020_table4_performance").set_index(["experiment", "class"])
+    rows = []
+    ours = class_summary[class_summary["experiment"].isin(_ARIAS_EXPERIMENT)]
+    for rec in ours.to_dict("records"):
+        ref = paper.loc[(_ARIAS_EXPERIMENT[rec["experiment"]], rec["class"])]
+        row = {key: rec[key] for key in (*MODEL_KEY, "class")}
+        for metric, name in (("ppv", "PPV"), ("recall", "Recall"), ("f1", "F1")):
+            row[name] = _pm(rec[f"{metric}_mean"], rec[f"{metric}_sd"])
+            row[f"{name} (paper)"] = _pm(ref[f"{metric}_mean"], ref[f"{metric}_std"], scale=1)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def global_beside_paper(global_summary: pd.DataFrame) -> pd.DataFrame:
+    """Seed 001, Table IV global metrics and the average AUC of its Fig. 4, beside the paper's.
+
+    Returns one row per (experiment, model, method) of ``exp1``-``exp3``: ``Acc``, ``BAcc``,
+    ``GMR`` (percent) and ``AUC`` (fraction), each with its ``(paper)`` column.
+    """
+    paper = paper_tables.load("arias2020_table4_global").set_index("experiment")
+    auc = paper_tables.load("arias2020_global_auc").set_index("experiment")["average_auc"]
+    rows = []
+    for rec in global_summary[global_summary["experiment"].isin(_ARIAS_EXPERIMENT)].itertuples():
+        key = _ARIAS_EXPERIMENT[rec.experiment]
+        row = {"experiment": rec.experiment, "model": rec.model, "method": rec.method}
+        for metric, name, ref in (("accuracy", "Acc", "acc"), ("balanced_accuracy", "BAcc", "bacc"),
+                                  ("gmr", "GMR", "gmr")):
+            row[name] = _pm(getattr(rec, f"{metric}_mean"), getattr(rec, f"{metric}_sd"))
+            row[f"{name} (paper)"] = _pm(paper.loc[key, f"{ref}_mean"],
+                                         paper.loc[key, f"{ref}_std"], scale=1)
+        row["AUC"] = _pm(rec.auc_macro_mean, rec.auc_macro_sd, scale=1, decimals=3)
+        row["AUC (paper)"] = f"{auc[key]:.2f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def binary_metrics(class_summary: pd.DataFrame, global_summary: pd.DataFrame,
+                   negative: str = "control", positive: str = "covid19") -> pd.DataFrame:
+    """Seed 000's columns (Tables 5 and 7) from our summaries, fractions in [0, 1].
+
+    Returns one row per (experiment, model, method): ``neg_specificity`` (recall of the
+    negatives), ``neg_precision``, ``neg_f1``, ``pos_sensitivity``, ``pos_precision``,
+    ``pos_f1`` and ``accuracy``, each as ``<name>_mean`` and ``<name>_sd``.
+    """
+    key = list(MODEL_KEY)
+    parts = []
+    for cls, prefix, first in ((negative, "neg", "specificity"), (positive, "pos", "sensitivity")):
+        part = class_summary[class_summary["class"] == cls].set_index(key)
+        if part.empty:
+            raise ValueError(f"class {cls!r} is not in the class summary")
+        for ours, theirs in (("recall", first), ("ppv", "precision"), ("f1", "f1")):
+            for stat in ("mean", "sd"):
+                parts.append(part[f"{ours}_{stat}"].rename(f"{prefix}_{theirs}_{stat}"))
+    glob = global_summary.set_index(key)
+    parts += [glob["accuracy_mean"], glob["accuracy_sd"]]
+    return pd.concat(parts, axis=1).reset_index()
+
+
+def binary_beside_paper(binary: pd.DataFrame, rows: Mapping[str, str],
+                        paper_table: str = "tabik2020_table5_methods") -> pd.DataFrame:
+    """Our :func:`binary_metrics` rows beside rows of seed 000's Table 5 (or 7).
+
+    Parameters
+    ----------
+    binary : :func:`binary_metrics` output.
+    rows : ``{our experiment: paper method}``, e.g. ``{"sdnet": "ResNet-50 with segmentation"}``.
+    paper_table : ``tabik2020_table5_methods`` or ``tabik2020_table7_no_normal_pcr``.
+
+    Returns one row per metric (percent, ``"mean ± sd"``), one column per compared pair:
+    ``<experiment>`` (ours) and ``<paper method> (paper)``.
+    """
+    paper = paper_tables.load(paper_table).set_index("method")
+    metrics = ["neg_specificity", "neg_precision", "neg_f1", "pos_sensitivity",
+               "pos_precision", "pos_f1", "accuracy"]
+    out = pd.DataFrame(index=pd.Index(metrics, name="metric"))
+    for experiment, method in rows.items():
+        ours = binary[binary["experiment"] == experiment]
+        if ours.empty:
+            raise ValueError(f"experiment {experiment!r} has no rows in the binary table")
+        if method not in paper.index:
+            raise ValueError(f"{paper_table} has no method {method!r}")
+        ours = ours.iloc[0]
+        out[experiment] = [_pm(ours[f"{m}_mean"], ours[f"{m}_sd"]) for m in metrics]
+        out[f"{method} (paper)"] = [_pm(paper.loc[method, f"{m}_mean"],
+                                        paper.loc[method, f"{m}_std"], scale=1) for m in metrics]
+    return out.reset_index()
+
+
+def severity_beside_paper(severity_summary: pd.DataFrame,
+                          settings: Mapping[str, str]) -> pd.DataFrame:
+    """Accuracy per severity (``summarize(severity_accuracy(...), by=MODEL_KEY + ("severity",))``)
+    beside seed 000's Table 6.
+
+    ``settings`` maps our experiment to the paper's setting (``all_severities`` or
+    ``without_normal_pcr``). Returns ``experiment``, ``setting``, ``severity`` (paper's name),
+    ``accuracy`` and ``accuracy (paper)`` as ``"mean ± sd"`` percent.
+    """
+    paper = paper_tables.load("tabik2020_table6_severity").set_index(["setting", "severity"])
+    rows = []
+    for rec in severity_summary[severity_summary["experiment"].isin(settings)].itertuples():
+        setting, name = settings[rec.experiment], _PAPER_SEVERITY[rec.severity]
+        ref = paper.loc[(setting, name)] if (setting, name) in paper.index else None
+        rows.append({"experiment": rec.experiment, "model": rec.model, "setting": setting,
+                     "severity": name, "accuracy": _pm(rec.accuracy_mean, rec.accuracy_sd),
+                     "accuracy (paper)": "" if ref is None else
+                     _pm(ref["accuracy_mean"], ref["accuracy_std"], scale=1)})
+    return pd.DataFrame(rows)
+
+
+def init_sentence(runs: pd.DataFrame) -> str:
+    """How each model's weights were initialised, from ``read_runs(...)['init']``, in words."""
+    if runs.empty:
+        return "No fold has been trained."
+    parts = [f"{model}: {'; '.join(sorted(set(group['init'].astype(str))))}"
+             for model, group in runs.groupby("model", sort=True)]
+    return "Weights - " + " · ".join(parts) + "."
+
+
+def compare_experiments(global_summary: pd.DataFrame, first: str, second: str,
+                        metric: str = "balanced_accuracy") -> str:
+    """One sentence comparing two experiments' mean ``metric`` (percent), and whether the gap
+    exceeds the larger of their fold-to-fold standard deviations.
+
+    Parameters
+    ----------
+    global_summary : ``summarize(global_metrics(...))`` with one row per experiment (the first
+        row of each is used).
+    first, second : experiment names.
+    metric : a global metric (``accuracy``, ``balanced_accuracy``, ``gmr``, ``auc_macro``).
+    """
+    rows = {}
+    for name in (first, second):
+        found = global_summary[global_summary["experiment"] == name]
+        if found.empty:
+            raise ValueError(f"experiment {name!r} is not in the summary "
+                             f"(it has {sorted(set(global_summary['experiment']))})")
+        rows[name] = found.iloc[0]
+    a, b = (100 * rows[n][f"{metric}_mean"] for n in (first, second))
+    spread = 100 * np.nanmax([rows[n][f"{metric}_sd"] for n in (first, second)] + [0.0])
+    label = metric.replace("_", " ")
+    if abs(a - b) <= spread:
+        verdict = f"a gap within the fold-to-fold spread (sd up to {spread:.1f} points)"
+    else:
+        verdict = (f"`{first}` {'higher' if a > b else 'lower'} by more than the fold-to-fold "
+                   f"spread (sd up to {spread:.1f} points)")
+    return f"{label} {a:.1f}% for `{first}` against {b:.1f}% for `{second}`: {verdict}"
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+
+
+def plot_mean_roc(mean_curves: pd.DataFrame, title: str = ""):
+    """One panel per (experiment, model, method) of :func:`cxrlib.metrics.mean_roc`: the mean
+    one-vs-rest ROC curve of each class (and the macro average, dashed) with a +-1 sd band over
+    folds. Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    groups = list(mean_curves.groupby(list(MODEL_KEY), sort=False))
+    if not groups:
+        raise ValueError("no ROC curves to plot")
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.6 * len(groups), 3.6), squeeze=False)
+    for ax, (key, part) in zip(axes[0], groups):
+        for name, curve in part.groupby("class", sort=False):
+            if name == "micro":
+                continue
+            style = "--" if name == "macro" else "-"
+            line, = ax.plot(curve["fpr"], curve["tpr_mean"], style, label=name)
+            sd = curve["tpr_sd"].fillna(0).to_numpy()
+            ax.fill_between(curve["fpr"], curve["tpr_mean"] - sd,
+                            np.minimum(curve["tpr_mean"] + sd, 1), color=line.get_color(),
+                            alpha=0.15, linewidth=0)
+        ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=0.8)
+        ax.set(title=" / ".join(map(str, key[:2])), xlabel="false positive rate",
+               ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+        ax.legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_confusion_matrices(matrices: pd.DataFrame, title: str = ""):
+    """One heat map per (experiment, model, method) of
+    :func:`cxrlib.metrics.confusion_matrices` (rows: true class, columns: predicted; the cell
+    shows ``value``, normalised per true class). Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    groups = list(matrices.groupby(list(MODEL_KEY), sort=False))
+    if not groups:
+        raise ValueError("no confusion matrices to plot")
+    fig, axes = plt.subplots(1, len(groups), figsize=(3.4 * len(groups), 3.2), squeeze=False)
+    for ax, (key, part) in zip(axes[0], groups):
+        classes = list(dict.fromkeys(part["true"]))
+        grid = part.pivot(index="true", columns="predicted", values="value").loc[classes, classes]
+        ax.imshow(grid.to_numpy(), vmin=0, vmax=1, cmap="Blues")
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                value = grid.iloc[i, j]
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if value > 0.6 else "black")
+        ax.set_xticks(range(len(classes)), classes, rotation=30, fontsize=8)
+        ax.set_yticks(range(len(classes)), classes, fontsize=8)
+        ax.set(title=" / ".join(map(str, key[:2])), xlabel="predicted", ylabel="true")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(curves: pd.DataFrame, title: str = ""):
+    """Training and validation loss per epoch of :func:`cxrlib.metrics.training_curves`, one
+    line per trained fold, one panel per (experiment, model, method). Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    groups = list(curves.groupby(list(MODEL_KEY), sort=False))
+    if not groups:
+        raise ValueError("no training curves to plot")
+    fig, axes = plt.subplots(1, len(groups), figsize=(4 * len(groups), 3.2), squeeze=False)
+    for ax, (key, part) in zip(axes[0], groups):
+        for (rep, fold), run in part.groupby(["repetition", "fold"]):
+            ax.plot(run["epoch"], run["train_loss"], "-", color="C0", alpha=0.7,
+                    label="train" if (rep, fold) == (0, 0) else None)
+            ax.plot(run["epoch"], run["valid_loss"], "-", color="C1", alpha=0.7,
+                    label="validation" if (rep, fold) == (0, 0) else None)
+        ax.set(title=" / ".join(map(str, key[:2])), xlabel="epoch", ylabel="loss")
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,123 @@
+"""Notebook 03's helpers: views input, severity accuracy, seed 000's columns, paper tables."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrlib import cv_report
+from cxrlib.metrics import class_metrics, global_metrics, summarize
+from cxrlib.predictions import make_predictions
+from cxrlib.profiles import get_profile
+
+
+def _manifest():
+    return pd.DataFrame({
+        "image_id": ["a", "b", "c", "d", "e", "f"],
+        "label": ["covid19", "covid19", "covid19", "covid19", "control", "control"],
+        "severity": ["mild", "mild", "severe", "normal_pcr_pos", None, None],
+    })
+
+
+def _predictions(fold=0, predicted_positive=("a", "c", "e")):
+    ids = ["a", "b", "c", "d", "e", "f"]
+    labels = list(_manifest()["label"])
+    probs = np.array([[0.2, 0.8] if i in predicted_positive else [0.7, 0.3] for i in ids])
+    return make_predictions(ids, labels, probs, ["control", "covid19"], experiment="sdnet",
+                            model="covidnet", method="m", repetition=0, fold=fold)
+
+
+def test_read_views_needs_notebook_01(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run notebook 01"):
+        cv_report.read_views(tmp_path, _manifest())
+
+
+def test_read_views_excludes_qc_failures_and_resolves_paths(tmp_path):
+    pd.DataFrame({"image_id": ["a", "a", "b", "zz"], "view": ["exp1", "exp3", "exp1", "exp1"],
+                  "path": ["views/a1.png", "/abs/a3.png", "views/b1.png", "x.png"]}
+                 ).to_csv(tmp_path / "views.csv", index=False)
+    pd.DataFrame({"image_id": ["a", "b"], "qc_pass": [False, True]}).to_csv(
+        tmp_path / "segmentation_qc.csv", index=False)
+    views, excluded = cv_report.read_views(tmp_path, _manifest())
+    assert excluded == ["a"]
+    assert list(views["image_id"]) == ["b"]  # "zz" is not in the manifest
+    assert views["path"].iloc[0] == str(tmp_path / "views" / "b1.png")
+    views, excluded = cv_report.read_views(tmp_path, _manifest(), exclude_qc_failed=False)
+    assert excluded == [] and list(views["path"])[:2] == [str(tmp_path / "views/a1.png"),
+                                                         "/abs/a3.png"]
+
+
+def test_severity_accuracy_hand_computed():
+    table = cv_report.severity_accuracy(_predictions(), _manifest())
+    # positives called positive: a (mild) and c (severe); b (mild) and d (normal_pcr_pos) missed
+    assert list(table["severity"]) == ["normal_pcr_pos", "mild", "severe"]
+    assert list(table["n"]) == [1, 2, 1]
+    assert list(table["accuracy"]) == [0.0, 0.5, 1.0]
+
+
+def test_without_severity_drops_images_from_manifest_and_plan():
+    plan = pd.DataFrame({"image_id": list("abcdef"), "group": list("abcdef"),
+                         "repetition": 0, "fold": [0, 1, 0, 1, 0, 1]})
+    manifest, kept_plan = cv_report.without_severity(_manifest(), plan)
+    assert "d" not in set(manifest["image_id"]) and "d" not in set(kept_plan["image_id"])
+    assert len(manifest) == len(kept_plan) == 5
+    with pytest.raises(ValueError, match="unknown severity"):
+        cv_report.without_severity(_manifest(), plan, "critical")
+
+
+def test_binary_metrics_use_seed_000_names():
+    preds = pd.concat([_predictions(0), _predictions(1, ("a", "b", "c", "d"))])
+    cls = summarize(class_metrics(preds))
+    glob = summarize(global_metrics(preds))
+    table = cv_report.binary_metrics(cls, glob).iloc[0]
+    # fold 0: control recall 1/2, covid recall 2/4; fold 1: control recall 1, covid recall 1
+    assert table["neg_specificity_mean"] == pytest.approx(0.75)
+    assert table["pos_sensitivity_mean"] == pytest.approx(0.75)
+    assert table["accuracy_mean"] == pytest.approx((3 / 6 + 1) / 2)
+    beside = cv_report.binary_beside_paper(cv_report.binary_metrics(cls, glob),
+                                           {"sdnet": "ResNet-50 with segmentation"})
+    acc = beside.set_index("metric").loc["accuracy"]
+    assert acc["sdnet"] == "75.00 ± 35.36"
+    assert acc["ResNet-50 with segmentation (paper)"] == "74.60 ± 2.93"
+    with pytest.raises(ValueError, match="no method"):
+        cv_report.binary_beside_paper(cv_report.binary_metrics(cls, glob), {"sdnet": "Nope"})
+
+
+def test_compare_experiments_sentence():
+    glob = pd.DataFrame({"experiment": ["exp1", "exp3"], "balanced_accuracy_mean": [0.9, 0.8],
+                         "balanced_accuracy_sd": [0.02, 0.01]})
+    text = cv_report.compare_experiments(glob, "exp1", "exp3")
+    assert "90.0% for `exp1` against 80.0%" in text and "`exp1` higher" in text
+    glob["balanced_accuracy_sd"] = [0.2, 0.01]
+    assert "within the fold-to-fold spread" in cv_report.compare_experiments(glob, "exp1", "exp3")
+    with pytest.raises(ValueError, match="'exp2' is not in the summary"):
+        cv_report.compare_experiments(glob, "exp2", "exp3")
+
+
+def test_classifier_setup_per_profile():
+    smoke, paper = (cv_report.classifier_setup(get_profile(n)) for n in ("smoke", "paper"))
+    assert smoke.covidnet[1].name == "arias2020-fast" and smoke.covidnet[1].lr == 1e-3
+    assert smoke.overrides == {"epochs": 1, "batch_size": 16} and smoke.folds == [0, 1]
+    assert paper.covidnet[1].name == "arias2020" and paper.overrides == {}
+    assert paper.binary[0] == "resnet50" and paper.binary[1].name == "tabik2020"
+    assert paper.folds == [0, 1, 2, 3, 4]
+
+
+def test_table4_beside_paper_reads_published_numbers():
+    cls = pd.DataFrame({"experiment": ["exp1"], "model": ["covidnet"], "method": ["m"],
+                        "class": ["covid19"], "n_runs": [2], "ppv_mean": [0.5], "ppv_sd": [0.1],
+                        "recall_mean": [0.25], "recall_sd": [np.nan], "f1_mean": [0.3],
+                        "f1_sd": [0.0]})
+    row = cv_report.table4_beside_paper(cls).iloc[0]
+    assert (row["PPV"], row["PPV (paper)"]) == ("50.00 ± 10.00", "91.67 ± 2.56")
+    assert row["Recall"] == "25.00"  # a single run has no sd
+
+
+def test_read_views_keeps_everything_when_qc_would_empty_a_class(tmp_path):
+    pd.DataFrame({"image_id": list("abcdef"), "view": "exp1", "path": "/x.png"}).to_csv(
+        tmp_path / "views.csv", index=False)
+    pd.DataFrame({"image_id": list("abcdef"), "qc_pass": [True] * 4 + [False] * 2}).to_csv(
+        tmp_path / "segmentation_qc.csv", index=False)
+    with pytest.warns(UserWarning, match="0 image\\(s\\) of class 'control'"):
+        views, excluded = cv_report.read_views(tmp_path, _manifest(), min_per_class=1)
+    assert excluded == [] and len(views) == 6 and views.attrs["qc_exclusion_skipped"]
+    views, excluded = cv_report.read_views(tmp_path, _manifest())
+    assert excluded == ["e", "f"] and not views.attrs["qc_exclusion_skipped"]
