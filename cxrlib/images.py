@@ -1,7 +1,8 @@
 """Reading images and masks from disk as plain arrays.
 
-Images come back as float32 in [0, 1] (8- and 16-bit PNG, JPEG, TIFF; RGB collapsed to gray),
-masks as bool. The bit depth of the file is kept in :func:`image_bit_depth` for the data audit.
+Images come back as float32 in [0, 1] (8- and 16-bit PNG, JPEG, TIFF; RGB collapsed to gray;
+DICOM files, ``.dcm`` / ``.dicom``, through :func:`cxrlib.dicom.read_dicom`), masks as bool. The
+bit depth of the file is kept in :func:`image_bit_depth` for the data audit.
 """
 from __future__ import annotations
 
@@ -10,9 +11,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cxrlib.dicom import read_dicom, read_dicom_header
+
 # PIL opens 16-bit PNGs in mode "I;16" (or "I" on some versions); 8-bit gray as "L".
 _MODE_MAX = {"1": 1, "L": 255, "P": 255, "RGB": 255, "RGBA": 255, "LA": 255,
              "I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I": 65535}
+
+
+#: File name suffixes read as DICOM.
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def _is_dicom(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in DICOM_SUFFIXES
 
 
 def _open(path: str | Path) -> Image.Image:
@@ -28,7 +39,11 @@ def _open(path: str | Path) -> Image.Image:
 
 
 def image_bit_depth(path: str | Path) -> int:
-    """Bits per pixel of a stored grayscale image: 8 or 16."""
+    """Bits per pixel of a stored grayscale image: 8 or 16 (DICOM: 16 when BitsStored > 8)."""
+    if _is_dicom(path):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+        return 16 if (read_dicom_header(path).bits_stored or 16) > 8 else 8
     return 16 if _open(path).mode in ("I;16", "I;16B", "I;16L", "I") else 8
 
 
@@ -37,8 +52,15 @@ def read_image(path: str | Path) -> np.ndarray:
 
     16-bit files are scaled by 65535, 8-bit by 255; colour images are converted to luminance.
     A 32-bit integer image ("I") is scaled by its own maximum dtype range of 16 bits, which is how
-    PIL reports 16-bit PNGs on some versions.
+    PIL reports 16-bit PNGs on some versions. DICOM files are decoded by
+    :func:`cxrlib.dicom.read_dicom` (modality LUT, VOI window or LUT, MONOCHROME1 inverted) to
+    uint16 and scaled by 65535.
     """
+    if _is_dicom(path):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"image not found: {path}")
+        pixels, _ = read_dicom(path)
+        return pixels.astype(np.float32) / np.float32(65535)
     img = _open(path)
     mode = img.mode
     if mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr"):

@@ -74,6 +74,13 @@ class RunRecord:
     versions: dict = field(default_factory=dict)
     results: list[NotebookResult] = field(default_factory=list)
 
+    @classmethod
+    def from_json(cls, path: str | Path) -> "RunRecord":
+        """Read back the ``run.json`` that :func:`write_index` wrote."""
+        data = json.loads(Path(path).read_text())
+        data["results"] = [NotebookResult(**r) for r in data.get("results", [])]
+        return cls(**data)
+
 
 def list_notebooks(only: list[str] | None = None, notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
     """The study's notebooks (``NN_name.ipynb``) in order, optionally only those whose number

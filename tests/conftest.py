@@ -49,3 +49,47 @@ def tiny_cohort(tmp_path):
     """(manifest DataFrame, data root) of a 24-image, 12-patient, 3-class cohort."""
     df = write_tiny_cohort(tmp_path)
     return df, tmp_path
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """(RunRecord, run folder) of one smoke-profile run of the whole study on both synthetic cohorts.
+
+    Run once per test session even under pytest-xdist: the first worker to take the lock runs the
+    study into the session's shared temporary folder and the others wait and read it. A failed run
+    is recorded too, so every worker fails the same way instead of running it again.
+    """
+    import json
+
+    from filelock import FileLock
+
+    from cxrlib.runner import RunRecord, run_study
+
+    shared = tmp_path_factory.getbasetemp().parent  # common to all xdist workers of this session
+    out, data, done = shared / "smoke_run", shared / "smoke_data", shared / "smoke_run.done.json"
+    with FileLock(str(shared / "smoke_run.lock")):
+        if not done.exists():
+            mp = pytest.MonkeyPatch()
+            mp.setenv("CXR_DATA_DIR", str(data))
+            error = None
+            try:
+                record = run_study("smoke", out_dir=out, log=lambda *a: None)
+            except Exception as exc:  # noqa: BLE001 - re-raised in every worker below
+                error = f"{type(exc).__name__}: {exc}"
+            finally:
+                mp.undo()
+            done.write_text(json.dumps({"error": error}))
+    error = json.loads(done.read_text())["error"]
+    if error:
+        pytest.fail(f"the smoke study failed: {error}")
+    return RunRecord.from_json(out / "run.json"), out
+
+
+def write_png(path, seed, bits=8, shape=(40, 32)):
+    """Write a noise PNG (8- or 16-bit gray, ``shape`` (H, W)) drawn from ``seed``, creating the
+    parent folders; return ``path``. Shared by the importer and corpus tests."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    noise = np.random.default_rng(seed).random(shape)
+    array = (noise * 65535).astype(np.uint16) if bits == 16 else (noise * 255).astype(np.uint8)
+    Image.fromarray(array).save(path)
+    return path

@@ -9,6 +9,7 @@ import pydicom
 import pytest
 from PIL import Image
 
+from conftest import write_png
 from cxrlib.corpus import carry_split_plans, compose_corpus, load_corpus_config, write_corpus
 from cxrlib.dicom import write_dicom
 from cxrlib.importers import ImportOptions, run_importer
@@ -18,14 +19,6 @@ from cxrlib.manifest import ManifestError, load_manifest, write_manifest
 from cxrlib.paths import MANIFESTS_DIR
 
 KEY = b"test-key-0123456789abcdef"
-
-
-def _png(path, seed, bits=8, shape=(40, 32)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    noise = np.random.default_rng(seed).random(shape)
-    array = (noise * 65535).astype(np.uint16) if bits == 16 else (noise * 255).astype(np.uint8)
-    Image.fromarray(array).save(path)
-    return path
 
 
 def _manifest(rows):
@@ -77,10 +70,10 @@ def test_config_errors(tmp_path):
 
 def test_merge_prefixes_paths_under_the_common_root(tmp_path):
     root_a, root_b = tmp_path / "data" / "A", tmp_path / "data" / "B" / "deep"
-    _png(root_a / "img/1.png", 1)
-    _png(root_a / "img/2.png", 2)
-    _png(root_b / "x.png", 3)
-    _png(root_b / "m.png", 4)
+    write_png(root_a / "img/1.png", 1)
+    write_png(root_a / "img/2.png", 2)
+    write_png(root_b / "x.png", 3)
+    write_png(root_b / "m.png", 4)
     manifests = tmp_path / "manifests"
     write_manifest(_manifest([("a/1", "img/1.png", "p1", "a", "covid19", "PA"),
                               ("a/2", "img/2.png", "p2", "a", "control", "PA")]),
@@ -107,7 +100,7 @@ def test_missing_manifest(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m cxrlib import"):
         compose_corpus(config)
     root = tmp_path / "r"
-    _png(root / "1.png", 1)
+    write_png(root / "1.png", 1)
     write_manifest(_manifest([("a/1", "1.png", "p", "a", "control", "PA")]), tmp_path / "a.csv",
                    data_root=root)
     config = load_corpus_config(_config(tmp_path / "c.yaml", [("gone.csv", None),
@@ -139,7 +132,7 @@ def test_bad_input_corpus_gives_an_error_or_a_flag_for_each_case(tmp_path):
     ds = pydicom.dcmread(nopixels)
     del ds.PixelData
     ds.save_as(nopixels)
-    _png(root / "control/png16.png", 5, bits=16)
+    write_png(root / "control/png16.png", 5, bits=16)
     Image.fromarray((np.random.default_rng(6).random((40, 32)) * 255).astype(np.uint8)).save(
         root / "control/jpeg8.jpg", quality=90)
 
@@ -164,7 +157,7 @@ def test_bad_input_corpus_gives_an_error_or_a_flag_for_each_case(tmp_path):
     other_root = tmp_path / "other"
     other_root.mkdir()
     (other_root / "copy.png").write_bytes((root / "control/png16.png").read_bytes())
-    _png(other_root / "fine.png", 7)
+    write_png(other_root / "fine.png", 7)
     other = _manifest([("o/copy", "copy.png", "z1", "o", "control", "PA"),
                        ("o/gone", "gone.png", "z2", "o", "control", "PA"),
                        ("o/fine", "fine.png", "z3", "o", "control", "PA")])
@@ -197,8 +190,8 @@ def test_bad_input_corpus_gives_an_error_or_a_flag_for_each_case(tmp_path):
 def test_tabik_config_carries_the_shipped_folds(tmp_path, capsys):
     root = tmp_path / "COVIDGR-1.0"
     for k, name in enumerate(["N/n1.jpg", "N/n2.jpg", "P/p1.jpg"]):
-        _png(root / name, k)
-        _png(root / f"COVIDGR1.05fcv1/partition{k % 2}/test" / name, k)
+        write_png(root / name, k)
+        write_png(root / f"COVIDGR1.05fcv1/partition{k % 2}/test" / name, k)
     manifests = tmp_path / "manifests"
     result = run_importer("covidgr", root, ImportOptions(key=KEY))
     write_import_result(result, manifests / "covidgr.csv")

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from conftest import write_png
 from cxrlib.dicom import write_dicom
 from cxrlib.importers import IMPORTERS, ImportOptions, run_importer
 from cxrlib.__main__ import main as cli_main
@@ -24,14 +25,6 @@ from cxrlib.pseudonym import (
 
 KEY = b"test-key-0123456789abcdef"
 PSEUDONYM = re.compile(r"^[a-z0-9]+-[0-9a-f]{16}$")
-
-
-def _png(path, seed, bits=8, shape=(40, 32)):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    noise = np.random.default_rng(seed).random(shape)
-    array = (noise * 65535).astype(np.uint16) if bits == 16 else (noise * 255).astype(np.uint8)
-    Image.fromarray(array).save(path)
-    return path
 
 
 def _dcm(path, seed, tags, **kwargs):
@@ -82,11 +75,11 @@ def test_bimcv(tmp_path):
            "gender\nsub-S0001\tX1\t1\t['CR', 'DX']\t['chest']\t[65]\tM\n"
            "sub-S0002\tX2\t2\t['CR']\t['chest']\t[70, 71]\tF\n")
     rx1 = tmp_path / "sub-S0001/ses-E0001/mod-rx"
-    _png(rx1 / "sub-S0001_ses-E0001_run-1_bp-chest_vp-pa_cr.png", 0, bits=16)
+    write_png(rx1 / "sub-S0001_ses-E0001_run-1_bp-chest_vp-pa_cr.png", 0, bits=16)
     _bimcv_sidecar(rx1 / "sub-S0001_ses-E0001_run-1_bp-chest_vp-pa_cr.json",
                    {"00100040": "M", "00101010": "064Y", "00080020": "20200315"})
     rx2 = tmp_path / "sub-S0001/ses-E0002/mod-rx"
-    _png(rx2 / "sub-S0001_ses-E0002_acq-2_run-1_bp-chest_vp-ll_dx.png", 1, bits=16)
+    write_png(rx2 / "sub-S0001_ses-E0002_acq-2_run-1_bp-chest_vp-ll_dx.png", 1, bits=16)
     rx3 = tmp_path / "sub-S0002/ses-E0003/mod-rx"
     stored = np.zeros((8, 8), np.uint16)
     stored[:, 4:] = 4095
@@ -96,7 +89,7 @@ def test_bimcv(tmp_path):
                    {"0008103E": "PORTATIL", "00280004": "MONOCHROME1", "00281050": 2048,
                     "00281051": 4096, "00280101": 12})
     _bimcv_sidecar(rx3 / "sub-S0002_ses-E0004_run-1_bp-chest_vp-ap_dx.json", {})
-    _png(rx3 / "sub-S0002_ses-E0003_run-2_bp-abdomen_vp-ap_cr.png", 2)
+    write_png(rx3 / "sub-S0002_ses-E0003_run-2_bp-abdomen_vp-ap_cr.png", 2)
 
     result = _import("bimcv", tmp_path)
     rows = _rows(result)
@@ -177,7 +170,7 @@ def test_actualmed(tmp_path):
            "ANON3,,,,,,,,PA,X-ray,DX.1.2.840.3.png,,Inconclusive\n"
            "ANON4,,,,COVID-19,,,,PA,X-ray,CR.1.2.840.4.png,,\n")
     for k in (1, 2, 3):
-        _png(tmp_path / "images" / f"{'CR' if k in (1, 4) else 'DX'}.1.2.840.{k}.png", k)
+        write_png(tmp_path / "images" / f"{'CR' if k in (1, 4) else 'DX'}.1.2.840.{k}.png", k)
     result = _import("actualmed", tmp_path)
     rows = _rows(result)
     one = rows.loc["actualmed/images/CR.1.2.840.1.png"]
@@ -198,9 +191,9 @@ def test_figure1_layout(tmp_path):
            "COVID-00001,,F,50+,COVID-19,,,,AP erect,X-ray,,\n"
            "COVID-00003,,M,61,Pneumonia,,,,PA,X-ray,,\n"
            "COVID-00009,,M,40,COVID-19,,,,PA,X-ray,,\n")
-    _png(tmp_path / "images/COVID-00001.jpg", 1)
-    _png(tmp_path / "images/COVID-00003a.jpg", 2)
-    _png(tmp_path / "images/COVID-00003b.jpg", 3)
+    write_png(tmp_path / "images/COVID-00001.jpg", 1)
+    write_png(tmp_path / "images/COVID-00003a.jpg", 2)
+    write_png(tmp_path / "images/COVID-00003b.jpg", 3)
     result = _import("actualmed", tmp_path)
     assert result.source == "Figure1"
     rows = _rows(result)
@@ -241,7 +234,7 @@ def test_cohen(tmp_path):
     ]
     _write(tmp_path / "metadata.csv", COHEN_HEADER + "\n" + "\n".join(rows) + "\n")
     for k, name in enumerate("abcdef"):
-        _png(tmp_path / "images" / f"{name}.{'png' if name in 'ab' else 'jpg'}", k)
+        write_png(tmp_path / "images" / f"{name}.{'png' if name in 'ab' else 'jpg'}", k)
     result = _import("cohen", tmp_path)
     got = _rows(result)
     a, b = got.loc["cohen/images/a.png"], got.loc["cohen/images/b.png"]
@@ -262,7 +255,7 @@ def test_cohen(tmp_path):
 def test_covidgr_with_shipped_folds(tmp_path):
     root = tmp_path / "COVIDGR-1.0"
     for k, name in enumerate(["N/n1.jpg", "N/n2.jpg", "P/p1.jpg", "P/p2.jpg", "P/p3.jpg"]):
-        _png(root / name, k)
+        write_png(root / name, k)
     _write(root / "severity.csv", "Name,Severity\np1.jpg,NORMAL-PCR+\np2,MODERATE\n")
     rep1 = root / "COVIDGR1.05fcv1"
     for part, subset, names in [(0, "test", ["N/n1.jpg", "P/p1.jpg", "P/gone.jpg"]),
@@ -270,8 +263,8 @@ def test_covidgr_with_shipped_folds(tmp_path):
                                 (1, "test", ["N/n2.jpg", "P/p2.jpg", "P/p3.jpg"]),
                                 (1, "val", ["N/n1.jpg"])]:
         for name in names:
-            _png(rep1 / f"partition{part}" / subset / name, 9)
-    _png(root / "COVIDGR1.05fcv2" / "partition4" / "test" / "P" / "p3.jpg", 9)  # partial
+            write_png(rep1 / f"partition{part}" / subset / name, 9)
+    write_png(root / "COVIDGR1.05fcv2" / "partition4" / "test" / "P" / "p3.jpg", 9)  # partial
     result = _import("covidgr", root)
     rows = _rows(result)
     assert rows.loc["covidgr/N/n1.jpg", "label"] == "control"
@@ -302,7 +295,7 @@ def test_nih(tmp_path):
            "00000003_000.png,No Finding,0,3,414,F,PA,2048,2500,0.168,0.168\n"
            "00000004_000.png,No Finding,0,4,30,F,PA,2048,2500,0.168,0.168\n")
     for k, name in enumerate(["00000001_000", "00000001_001", "00000002_000", "00000003_000"]):
-        _png(tmp_path / "images_001" / "images" / f"{name}.png", k)
+        write_png(tmp_path / "images_001" / "images" / f"{name}.png", k)
     result = _import("nih", tmp_path)
     rows = _rows(result)
     first, second = rows.loc["nih/00000001_000.png"], rows.loc["nih/00000001_001.png"]
@@ -347,7 +340,7 @@ def test_chexpert(tmp_path):
                            "patient00002/study1/view1_frontal.jpg",
                            "patient00003/study1/view1_frontal.jpg",
                            "patient00004/study1/view1_frontal.jpg"]):
-        _png(tmp_path / "train" / p, k)
+        write_png(tmp_path / "train" / p, k)
     result = _import("chexpert", tmp_path)
     rows = _rows(result)
     front = rows.loc["chexpert/train/patient00001/study1/view1_frontal.jpg"]
@@ -382,7 +375,7 @@ def test_mimic_requires_labeller_agreement(tmp_path):
                                                     ("10000032", "50414267", "d2"),
                                                     ("10000764", "57375967", "d3"),
                                                     ("10000898", "50771383", "d4")]):
-        _png(tmp_path / f"files/p{subject[:2]}/p{subject}/s{study}/{dicom_id}.jpg", k)
+        write_png(tmp_path / f"files/p{subject[:2]}/p{subject}/s{study}/{dicom_id}.jpg", k)
     result = _import("mimic", tmp_path)
     rows = _rows(result)
     d1 = rows.loc["mimic/files/p10/p10000032/s50414267/d1.jpg"]
@@ -405,10 +398,10 @@ def test_padchest(tmp_path):
            "\"['pneumonia', 'infiltrates']\",2\n"
            "c.png,1,20120710,s3,P2,1930,F,,COSTAL,Manual,DX,GE,['normal'],3\n"
            "d.png,0,20120710,s4,P3,1960,F,PA,PA,Manual,CR,GE,['cardiomegaly'],4\n")
-    _png(tmp_path / "0/a.png", 0, bits=16)
-    _png(tmp_path / "1/b.png", 1, bits=16)
-    _png(tmp_path / "1/c.png", 2, bits=16)
-    _png(tmp_path / "0/d.png", 3, bits=16)
+    write_png(tmp_path / "0/a.png", 0, bits=16)
+    write_png(tmp_path / "1/b.png", 1, bits=16)
+    write_png(tmp_path / "1/c.png", 2, bits=16)
+    write_png(tmp_path / "0/d.png", 3, bits=16)
     result = _import("padchest", tmp_path)
     rows = _rows(result)
     a, b = rows.loc["padchest/a.png"], rows.loc["padchest/b.png"]
@@ -419,6 +412,34 @@ def test_padchest(tmp_path):
     assert dropped["padchest/c.png"].startswith("Projection COSTAL")
     assert "not used" in dropped["padchest/d.png"]
     _assert_nothing_lost(result, 4)
+
+
+def test_padchest_birth_year_never_reaches_any_output(tmp_path):
+    """PatientBirth is read only to compute the age: the distinctive years 1917.0 (kept row)
+    and 1919 (dropped row) must appear in no file the import writes."""
+    root = tmp_path / "padchest"
+    header = ("ImageID,ImageDir,StudyDate_DICOM,StudyID,PatientID,PatientBirth,PatientSex_DICOM,"
+              "ViewPosition_DICOM,Projection,MethodProjection,Modality_DICOM,Manufacturer_DICOM,"
+              "Labels,ReportID")
+    _write(root / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv", header + "\n"
+           "a.png,0,20150203,s1,P1,1917.0,M,POSTEROANTERIOR,PA,Manual,CR,Philips,['normal'],1\n"
+           "b.png,0,20150203,s2,P2,1919,F,,COSTAL,Manual,CR,Philips,['normal'],2\n")
+    write_png(root / "0/a.png", 0, bits=16)
+    write_png(root / "0/b.png", 1, bits=16)
+    out_dir = tmp_path / "manifests"
+    assert cli_main(["import", "padchest", str(root), "-o", str(out_dir / "padchest.csv"),
+                     "--cache", str(tmp_path / "cache"), "--key-file", str(tmp_path / "key"),
+                     "--quiet"]) == 0
+    manifest = load_manifest(out_dir / "padchest.csv")
+    assert manifest["age"].tolist() == [98.0]  # 2015 - 1917: the year was used
+    report = pd.read_csv(out_dir / "padchest.qc.csv")
+    assert report["image_id"].tolist() == ["padchest/b.png"]
+    outputs = [p for p in out_dir.rglob("*") if p.is_file()]
+    assert {p.name for p in outputs} >= {"padchest.csv", "padchest.qc.csv"}
+    year = re.compile(rb"(?<![0-9a-f.])19(17|19)(?![0-9a-f])")  # not inside a hash or a number
+    for path in outputs:
+        data = path.read_bytes()
+        assert b"1917.0" not in data and not year.search(data), f"a birth year leaked into {path}"
 
 
 # ------------------------------------------------------------------------------------ RSNA
@@ -462,8 +483,8 @@ def test_parse_clinical_reading():
 
 def test_shenzhen(tmp_path):
     root = tmp_path / "ChinaSet_AllFiles"
-    _png(root / "CXR_png/CHNCXR_0001_0.png", 0)
-    _png(root / "CXR_png/CHNCXR_0002_1.png", 1)
+    write_png(root / "CXR_png/CHNCXR_0001_0.png", 0)
+    write_png(root / "CXR_png/CHNCXR_0002_1.png", 1)
     _write(root / "ClinicalReadings/CHNCXR_0001_0.txt", "Male 35yrs\nnormal\n")
     _write(root / "ClinicalReadings/CHNCXR_0002_1.txt", "female 42yrs\nPTB in the left\n")
     _write(root / "ClinicalReadings/CHNCXR_0003_1.txt", "male 50yrs\nPTB\n")
@@ -480,7 +501,7 @@ def test_shenzhen(tmp_path):
 
 def test_montgomery_joins_lung_masks(tmp_path):
     root = tmp_path / "MontgomerySet"
-    _png(root / "CXR_png/MCUCXR_0001_0.png", 0, shape=(8, 8))
+    write_png(root / "CXR_png/MCUCXR_0001_0.png", 0, shape=(8, 8))
     _write(root / "ClinicalReadings/MCUCXR_0001_0.txt",
            "Patient's Sex: F\nPatient's Age: 045Y\nnormal\n")
     left, right = np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8)
@@ -499,13 +520,13 @@ def test_montgomery_joins_lung_masks(tmp_path):
 # ---------------------------------------------------------------------------------- generic
 def test_folders_with_mapping(tmp_path):
     root = tmp_path / "kaggle"
-    _png(root / "NORMAL/person1_a.png", 0)
-    _png(root / "PNEUMONIA/virus/person1_b.jpeg", 1)
+    write_png(root / "NORMAL/person1_a.png", 0)
+    write_png(root / "PNEUMONIA/virus/person1_b.jpeg", 1)
     _dcm(root / "PNEUMONIA/person2_c.dcm", 2, {"Modality": "DX", "PatientSex": "F",
                                                "ViewPosition": "AP"})
-    _png(root / "OTHER/person3_d.png", 3)
-    _png(root / "NORMAL/nobody.png", 4)
-    _png(root / "stray.png", 5)
+    write_png(root / "OTHER/person3_d.png", 3)
+    write_png(root / "NORMAL/nobody.png", 4)
+    write_png(root / "stray.png", 5)
     mapping = _write(tmp_path / "map.yaml", "source: kaggle\nlabels: {NORMAL: control, "
                      "PNEUMONIA: pneumonia}\npatient_regex: '^(person\\d+)_'\n"
                      "constants: {projection: PA}\n")
@@ -529,7 +550,7 @@ def test_folders_without_mapping_uses_dicom_patient(tmp_path):
     root = tmp_path / "set"
     _dcm(root / "covid19/a.dcm", 0, {"PatientID": "X1", "Modality": "CR"})
     _dcm(root / "covid19/b.dcm", 1, {"PatientID": "X1", "Modality": "CR"})
-    _png(root / "control/c.png", 2)
+    write_png(root / "control/c.png", 2)
     result = _import("folders", root)
     rows = _rows(result)
     assert result.source == "set"
@@ -545,7 +566,7 @@ def test_csv_with_mapping(tmp_path):
            "im1,P1,f,virus,34,PA\nim2,P1,m,normal,35,LL\nim3,P2,x,bacteria,40,PA\n"
            "im4,P3,f,normal,abc,PA\nim5,P4,m,normal,20,PA\n")
     for k in range(1, 5):
-        _png(tmp_path / f"png/im{k}.png", k)
+        write_png(tmp_path / f"png/im{k}.png", k)
     mapping = _write(tmp_path / "map.yaml", """
 source: mine
 csv: meta.csv
@@ -664,10 +685,10 @@ def test_phi_canary_never_reaches_any_output(tmp_path):
 # -------------------------------------------------------------------------------------- CLI
 def test_cli_import_writes_manifest_report_and_split_plan(tmp_path, capsys):
     root = tmp_path / "covidgr"
-    _png(root / "N/n1.jpg", 0)
-    _png(root / "P/p1.jpg", 1)
-    _png(root / "COVIDGR1.05fcv1/partition0/test/P/p1.jpg", 1)
-    _png(root / "COVIDGR1.05fcv1/partition1/test/N/n1.jpg", 0)
+    write_png(root / "N/n1.jpg", 0)
+    write_png(root / "P/p1.jpg", 1)
+    write_png(root / "COVIDGR1.05fcv1/partition0/test/P/p1.jpg", 1)
+    write_png(root / "COVIDGR1.05fcv1/partition1/test/N/n1.jpg", 0)
     out = tmp_path / "out" / "covidgr.csv"
     code = cli_main(["import", "covidgr", str(root), "-o", str(out),
                      "--key-file", str(tmp_path / "key"), "--quiet"])

@@ -1,8 +1,10 @@
 """Smoke runs: every notebook through papermill at the smoke profile, on both synthetic cohorts,
 checking the tables and artifacts they write.
 
-One run of the whole study is shared by the tests of this module (module-scoped fixture); the
-synthetic cohorts are generated into a temporary data folder, not the user's ``data/``.
+One run of the whole study is shared by every notebook test file (the session fixture ``smoke_run``
+in ``conftest.py``, run once across pytest-xdist workers); the synthetic cohorts are generated into
+a temporary data folder, not the user's ``data/``. Notebooks 02 and later keep their checks in
+``tests/test_notebook_NN_*.py``.
 """
 import json
 from pathlib import Path
@@ -11,22 +13,9 @@ import pandas as pd
 import pytest
 
 from cxrlib.paths import NOTEBOOKS_DIR
-from cxrlib.runner import list_notebooks, run_study
+from cxrlib.runner import list_notebooks
 
 pytestmark = pytest.mark.notebook
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    data = tmp_path_factory.mktemp("data")
-    out = tmp_path_factory.mktemp("run")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CXR_DATA_DIR", str(data))
-    try:
-        record = run_study("smoke", out_dir=out, log=lambda *a: None)
-    finally:
-        mp.undo()
-    return record, out
 
 
 def test_every_notebook_ran_on_both_cohorts(smoke_run):

@@ -3,6 +3,8 @@
 Determinism: case parameters come from ``SeedSequence(seed, spawn_key=(0,))``; the body of
 patient ``p`` from ``SeedSequence(seed, spawn_key=(1, p))`` (shared by all the patient's
 images) and everything drawn for image ``i`` from ``SeedSequence(seed, spawn_key=(2, i))``.
+Which images are written as DICOM, and how (:func:`dicom_plan`), comes from
+``SeedSequence(seed, spawn_key=(3,))``, so the share changes no case and no pixel.
 An image therefore does not depend on the order of rendering nor on ``n_jobs``, and the same
 arguments give byte-identical files.
 
@@ -30,10 +32,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 from scipy import ndimage as ndi
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..dicom import write_dicom
 from ..manifest import COLUMNS, read_sidecar, validate_manifest, write_manifest
 from ..paths import data_dir
 from ..profiles import get_profile
@@ -48,6 +53,12 @@ from .presets import SOURCE_FLOOR, get_preset
 
 #: Bump when the rendering changes, so that cached cohorts are regenerated.
 GENERATOR_VERSION = 1
+
+#: Share of a profile's cached cohort (:func:`default_cohort`) written as DICOM, so that every
+#: study run reads some images through :mod:`cxrlib.dicom`.
+DEFAULT_DICOM_SHARE = 0.15
+#: The obviously fake institution written into the synthetic DICOMs' identifying tags.
+FAKE_INSTITUTION = "FAKE Synthetic Teaching Hospital"
 
 #: Images whose short side has at least this many pixels render anatomy at half resolution.
 COARSE_FROM = 160
@@ -399,13 +410,133 @@ def _write_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG", compress_level=1)
 
 
-def _render_and_write(cases: list[dict], out_dir: str, size: int, seed: int) -> list[dict]:
+def dicom_plan(n_images: int, dicom_share: float, seed: int) -> dict[int, dict]:
+    """Which images of a cohort are written as DICOM, and how.
+
+    Exactly ``round(dicom_share * n_images)`` images, drawn from their own random stream
+    (``SeedSequence(seed, spawn_key=(3,))``, so the cases and their pixels do not change).
+    The chosen images cycle, in random order, through the four encodings MONOCHROME2 /
+    MONOCHROME1 x WindowCenter-WindowWidth / VOI LUT sequence (no window tags), so that any
+    four DICOM images hold all of them.
+
+    Returns
+    -------
+    dict image index -> ``{"photometric", "voi" ("window" | "lut"), "gain" (stored units per
+    8-bit grey level: 4, 8 or 16), "offset" (fraction of the free stored range below the
+    image, in [0, 1))}``.
+    """
+    try:
+        dicom_share = float(dicom_share)
+    except (TypeError, ValueError):
+        raise ValueError(f"dicom_share must be a number in [0, 1], got {dicom_share!r}") from None
+    if not 0.0 <= dicom_share <= 1.0:
+        raise ValueError(f"dicom_share must be in [0, 1], got {dicom_share}")
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3,)))
+    chosen = rng.permutation(n_images)[:int(round(dicom_share * n_images))]
+    kinds = [("MONOCHROME2", "window"), ("MONOCHROME1", "lut"), ("MONOCHROME1", "window"),
+             ("MONOCHROME2", "lut")]
+    return {int(i): dict(photometric=kinds[k % 4][0], voi=kinds[k % 4][1],
+                         gain=int(rng.choice([4, 8, 16])), offset=float(rng.random()))
+            for k, i in enumerate(chosen)}
+
+
+def dicom_encoding(levels: np.ndarray, bits: int, photometric: str = "MONOCHROME2",
+                   voi: str = "window", gain: int = 8, offset: float = 0.0) -> dict:
+    """Stored DICOM values and VOI tags that :func:`cxrlib.dicom.read_dicom` decodes back to
+    ``levels / (2**bits - 1)``.
+
+    8-bit images are stored in 12 bits as ``start + level * gain`` (``start`` puts the image
+    ``offset`` of the way up the free range); a window (``WindowCenter = start + span / 2 +
+    0.5``, ``WindowWidth = span + 1``, ``span = 255 * gain``) or a linear VOI LUT maps that
+    range back onto the full output, so they decode exactly. 16-bit images are stored as they
+    are under a full-range window (exact), or rounded to 12 bits under a VOI LUT (error at most
+    0.5 / 4095). MONOCHROME1 stores ``max - level``; the reader inverts it back.
+
+    Parameters
+    ----------
+    levels : (H, W) uint8 or uint16 display values (MONOCHROME2), as the PNG would hold them.
+    bits : 8 or 16, the bit depth of ``levels``.
+    photometric : "MONOCHROME2" or "MONOCHROME1".
+    voi : "window" (WindowCenter/WindowWidth) or "lut" (VOILUTSequence, no window tags).
+    gain, offset : see :func:`dicom_plan` (8-bit images only).
+
+    Returns
+    -------
+    dict with ``pixels`` (uint16 (H, W) stored values), ``bits_stored``, ``window``
+    ((center, width) or None) and ``tags`` (RescaleSlope/Intercept, VOILUTSequence).
+    """
+    top = 2**bits - 1
+    level = np.asarray(levels, dtype=np.int64)
+    if photometric == "MONOCHROME1":
+        level = top - level
+    elif photometric != "MONOCHROME2":
+        raise ValueError(f"photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
+    if bits == 8:
+        span, bits_stored = 255 * int(gain), 12
+        start = int(offset * (2**bits_stored - 1 - span))
+        stored = start + level * int(gain)
+    elif bits == 16 and voi == "window":
+        span, bits_stored, start, stored = top, 16, 0, level
+    elif bits == 16:
+        span, bits_stored, start = 4095, 12, 0
+        stored = np.round(level * (4095 / top)).astype(np.int64)
+    else:
+        raise ValueError(f"bit depth must be 8 or 16, got {bits!r}")
+    tags = {"RescaleSlope": 1, "RescaleIntercept": 0}
+    window = None
+    if voi == "window":
+        window = (start + span / 2 + 0.5, span + 1.0)
+    elif voi == "lut":
+        item = Dataset()
+        item.LUTDescriptor = [span + 1, start, 16]
+        item.LUTData = np.round(np.arange(span + 1) * (65535 / span)).astype(np.uint16).tolist()
+        item["LUTData"].VR = "US"
+        item.LUTExplanation = "linear"
+        tags = {"VOILUTSequence": Sequence([item])}
+    else:
+        raise ValueError(f"voi must be 'window' or 'lut', got {voi!r}")
+    return dict(pixels=stored.astype(np.uint16), bits_stored=bits_stored, window=window, tags=tags)
+
+
+def fake_identifiers(case, seed: int) -> dict:
+    """Obviously fake identifying DICOM tags of a synthetic image: PatientName, PatientID,
+    PatientBirthDate (the case's age before its study date), AccessionNumber and
+    InstitutionName. They exist only so that every run checks that identifying tags never
+    leave the DICOM files (:mod:`cxrlib.dicom` never reads them)."""
+    p, i = int(_field(case, "synth_patient_index")), int(_field(case, "synth_image_index"))
+    year = int(str(_field(case, "study_date"))[:4]) - int(_field(case, "age"))
+    return {"PatientName": f"FAKE^SYNTHETIC{p:05d}", "PatientID": f"FAKE-MRN-{seed}-{p:05d}",
+            "PatientBirthDate": f"{year:04d}{p % 12 + 1:02d}{p % 28 + 1:02d}",
+            "AccessionNumber": f"FAKEACC{seed}-{i:06d}", "InstitutionName": FAKE_INSTITUTION}
+
+
+def _write_case_dicom(levels: np.ndarray, case, encoding: dict, path: Path, seed: int) -> None:
+    """Write one rendered image as a CR/DX DICOM (per the case's sensor and projection)."""
+    enc = dicom_encoding(levels, int(case["synth_bit_depth"]), **encoding)
+    tags = {"Modality": case["sensor"], "ViewPosition": case["projection"],
+            "BodyPartExamined": "CHEST", "PatientSex": case["sex"],
+            "PatientAge": f"{int(case['age']):03d}Y",
+            "StudyDate": str(case["study_date"]).replace("-", ""),
+            **fake_identifiers(case, seed), **enc["tags"]}
+    write_dicom(enc["pixels"], path, tags, photometric=encoding["photometric"],
+                window=enc["window"], bits_stored=enc["bits_stored"])
+
+
+def _render_and_write(cases: list[dict], out_dir: str, size: int, seed: int,
+                      dicom: dict | None = None) -> list[dict]:
+    """Render and write ``cases``; those whose image id is in ``dicom`` (id -> encoding of
+    :func:`dicom_plan`) go to ``images/<id>.dcm`` instead of ``.png``."""
     out = Path(out_dir)
+    dicom = dicom or {}
     results = []
     for case in cases:
         r = render_case(case, size, seed)
         iid = case["image_id"]
-        _write_png(to_bit_depth(r["image"], int(case["synth_bit_depth"])), out / "images" / f"{iid}.png")
+        levels = to_bit_depth(r["image"], int(case["synth_bit_depth"]))
+        if iid in dicom:
+            _write_case_dicom(levels, case, dicom[iid], out / "images" / f"{iid}.dcm", seed)
+        else:
+            _write_png(levels, out / "images" / f"{iid}.png")
         _write_png(r["lung_mask"].astype(np.uint8) * 255, out / "masks" / "lung" / f"{iid}.png")
         _write_png(r["lesion_mask"].astype(np.uint8) * 255, out / "masks" / "lesion" / f"{iid}.png")
         h, w = r["image"].shape
@@ -419,13 +550,19 @@ def _render_and_write(cases: list[dict], out_dir: str, size: int, seed: int) -> 
 
 def generate_cohort(out_dir, preset: str = "arias", n_images: int = 120, size: int = 128,
                     seed: int = 0, shortcut: float = 1.0, n_jobs: int = 1,
-                    progress: bool = True) -> pd.DataFrame:
+                    progress: bool = True, dicom_share: float = 0.0) -> pd.DataFrame:
     """Generate a synthetic cohort into ``out_dir``.
 
     Writes ``images/<image_id>.png`` (8- or 16-bit grey, per the case's ``synth_bit_depth``),
     ``masks/lung/<image_id>.png`` and ``masks/lesion/<image_id>.png`` (0/255 uint8, same size
     as the image) and ``manifest.csv`` (+ ``manifest.meta.json`` with the generator's
     parameters under ``"generator"``). Paths in the manifest are relative to ``out_dir``.
+    A ``dicom_share`` of the images is written as ``images/<image_id>.dcm`` instead
+    (:func:`dicom_plan`, :func:`dicom_encoding`): CR or DX per the sensor, ViewPosition per the
+    projection, MONOCHROME1 or 2, a window or a VOI LUT, and fake identifying tags
+    (:func:`fake_identifiers`) that never reach the manifest. :func:`cxrlib.images.read_image`
+    decodes them through :mod:`cxrlib.dicom` to the image the PNG would hold (exactly for
+    8-bit images, within 0.5 / 4095 for 16-bit ones).
 
     Parameters
     ----------
@@ -434,6 +571,7 @@ def generate_cohort(out_dir, preset: str = "arias", n_images: int = 120, size: i
     size : long side of the images in pixels (>= 32).
     n_jobs : worker processes (1: in this process; -1: all cores). The bytes do not depend on it.
     progress : show a progress bar.
+    dicom_share : fraction of the images, in [0, 1], written as DICOM (0: none).
 
     Returns
     -------
@@ -445,10 +583,12 @@ def generate_cohort(out_dir, preset: str = "arias", n_images: int = 120, size: i
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0 or n_jobs < -1:
         raise ValueError(f"n_jobs must be a positive integer or -1, got {n_jobs!r}")
     n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
+    plan = dicom_plan(n_images, dicom_share, seed)
     out = Path(out_dir)
     for sub in ("images", "masks/lung", "masks/lesion"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     cases = sample_cases(preset_obj.name, n_images, seed, shortcut)
+    dicom = {cases["image_id"].iat[i]: enc for i, enc in plan.items()}
     records = [
         {k: (None if v is pd.NA else v) for k, v in row.items()}
         for row in cases.to_dict(orient="records")
@@ -460,41 +600,47 @@ def generate_cohort(out_dir, preset: str = "arias", n_images: int = 120, size: i
     results = []
     if n_jobs == 1:
         for part in chunks:
-            results += _render_and_write(part, str(out), int(size), seed)
+            results += _render_and_write(part, str(out), int(size), seed, dicom)
             bar.update(len(part))
     else:
         with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-            futures = [pool.submit(_render_and_write, part, str(out), int(size), seed) for part in chunks]
+            futures = [pool.submit(_render_and_write, part, str(out), int(size), seed, dicom)
+                       for part in chunks]
             for fut, part in zip(futures, chunks):
                 results += fut.result()
                 bar.update(len(part))
     bar.close()
     computed = pd.DataFrame(results)
     df = cases.merge(computed, on="image_id", how="left", validate="one_to_one")
-    df.insert(1, "path", "images/" + df["image_id"] + ".png")
+    suffix = np.where(df["image_id"].isin(list(dicom)), ".dcm", ".png")
+    df.insert(1, "path", "images/" + df["image_id"] + suffix)
     df["lung_mask_path"] = "masks/lung/" + df["image_id"] + ".png"
     df["lesion_mask_path"] = "masks/lesion/" + df["image_id"] + ".png"
-    meta = {"generator": generator_parameters(preset_obj.name, n_images, size, seed, shortcut)}
+    meta = {"generator": generator_parameters(preset_obj.name, n_images, size, seed, shortcut,
+                                              float(dicom_share))}
     csv = write_manifest(df, out / "manifest.csv", meta=meta)  # validates, files included
     clean = validate_manifest(df, check_files=False, origin=str(csv))
     clean.attrs.update(data_root=str(out.resolve()), meta=read_sidecar(csv))
     return clean
 
 
-def generator_parameters(preset: str, n_images: int, size: int, seed: int, shortcut: float) -> dict:
+def generator_parameters(preset: str, n_images: int, size: int, seed: int, shortcut: float,
+                         dicom_share: float = 0.0) -> dict:
     """Everything that determines a cohort's bytes, as stored in the manifest's sidecar."""
     return {"name": "cxrlib.synthetic", "preset": preset, "n_images": int(n_images),
             "size": int(size), "seed": int(seed), "shortcut": float(shortcut),
+            "dicom_share": float(dicom_share),
             "min_fraction": MIN_FRACTION, "generator_version": GENERATOR_VERSION,
             "cxrlib_version": __version__}
 
 
 def default_cohort(preset: str, profile, seed: int = 0, shortcut: float = 1.0,
-                   progress: bool = True) -> Path:
+                   progress: bool = True, dicom_share: float = DEFAULT_DICOM_SHARE) -> Path:
     """Manifest path of the cached cohort of a profile, generating it if missing or stale.
 
     The cohort has ``profile.n_arias`` or ``profile.n_covidgr`` images of ``profile.synth_size``
-    px and lives in ``data_dir()/synthetic/<preset>-<profile>-s<seed>-sc<shortcut>``. It is
+    px, ``dicom_share`` of them written as DICOM (see :func:`generate_cohort`), and lives in
+    ``data_dir()/synthetic/<preset>-<profile>-s<seed>-sc<shortcut>``. It is
     written to a temporary sibling folder and renamed when complete, so an interrupted
     generation never looks complete; a folder whose recorded parameters differ (another
     generator version, a changed profile) is regenerated.
@@ -504,13 +650,15 @@ def default_cohort(preset: str, profile, seed: int = 0, shortcut: float = 1.0,
     n = prof.n_arias if preset_obj.name == "arias" else prof.n_covidgr
     folder = data_dir() / "synthetic" / f"{preset_obj.name}-{prof.name}-s{seed}-sc{shortcut}"
     csv = folder / "manifest.csv"
-    wanted = generator_parameters(preset_obj.name, n, prof.synth_size, seed, shortcut)
+    wanted = generator_parameters(preset_obj.name, n, prof.synth_size, seed, shortcut,
+                                  float(dicom_share))
     if csv.is_file() and read_sidecar(csv).get("generator") == json.loads(json.dumps(wanted)):
         return csv
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
-        generate_cohort(tmp, preset_obj.name, n, prof.synth_size, seed, shortcut, progress=progress)
+        generate_cohort(tmp, preset_obj.name, n, prof.synth_size, seed, shortcut, progress=progress,
+                        dicom_share=dicom_share)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
