@@ -29,7 +29,8 @@ def _synth(args) -> int:
     from cxrlib.synthetic import generate_cohort
 
     df = generate_cohort(args.out, preset=args.preset, n_images=args.n, size=args.size,
-                         seed=args.seed, shortcut=args.shortcut, n_jobs=args.jobs, progress=True)
+                         seed=args.seed, shortcut=args.shortcut, n_jobs=args.jobs, progress=True,
+                         dicom_share=args.dicom_share)
     print(f"{len(df)} images written; manifest: {Path(args.out) / 'manifest.csv'}")
     return 0
 
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--shortcut", type=float, default=1.0, help="0: style independent of label")
     synth.add_argument("--jobs", type=int, default=1, help="worker processes")
+    synth.add_argument("--dicom-share", type=float, default=0.0,
+                       help="fraction of images written as DICOM with fake identifying tags "
+                            "(the study's cohorts use 0.15)")
     synth.set_defaults(func=_synth)
 
     from cxrlib.importers.cli import add_corpus_parser, add_import_parser

@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 
@@ -199,3 +200,12 @@ def test_fake_phi_never_reaches_the_data_audit_notebook(tmp_path):
         data = path.read_bytes()
         for fake in fakes:
             assert fake.encode() not in data, f"{fake!r} found in {path}"
+
+
+def test_synth_command_line_writes_the_dicom_share(tmp_path):
+    from cxrlib.__main__ import main
+
+    assert main(["synth", str(tmp_path / "c"), "--n", "10", "--size", "64",
+                 "--dicom-share", "0.3"]) == 0
+    df = pd.read_csv(tmp_path / "c" / "manifest.csv")
+    assert df["path"].str.endswith(".dcm").sum() == 3
