@@ -1,0 +1,135 @@
+"""Shortcut probes (cxrlib.shortcuts): hand-made cases and the check of the method on cohorts
+with the shortcut planted and removed."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrlib import shortcuts
+from cxrlib.images import read_image, read_mask
+from cxrlib.manifest import load_manifest
+from cxrlib.synthetic import generate_cohort
+from cxrlib.training import prepare_images
+
+# large enough that a 3-class, 8-source cohort has the shortcut's signal above the verdict margin,
+# small enough to generate, mask and probe in a few seconds per cohort
+N_IMAGES, SIZE = 480, 64
+
+
+@pytest.fixture(scope="module")
+def cohorts(tmp_path_factory):
+    """{shortcut: (manifest, masked views)} for a strongly planted (1) and a clean (0) cohort."""
+    out = {}
+    for shortcut in (1.0, 0.0):
+        folder = tmp_path_factory.mktemp(f"arias_sc{shortcut:g}")
+        generate_cohort(folder / "cohort", "arias", N_IMAGES, SIZE, seed=0, shortcut=shortcut,
+                        progress=False)
+        manifest = load_manifest(folder / "cohort" / "manifest.csv")
+        views = shortcuts.masked_views(manifest, shortcuts.mask_paths(manifest),
+                                       folder / "views", size=SIZE, dilation=0.04)
+        out[shortcut] = (manifest, views)
+    return out
+
+
+def _settings():
+    return shortcuts.ProbeSettings(image_size=SIZE, epochs=1, n_boot=200)
+
+
+def test_verdicts_planted_vs_clean(cohorts):
+    answers = {}
+    for shortcut, (manifest, views) in cohorts.items():
+        probes = shortcuts.run_probes(views, manifest, _settings(), seed=0)
+        answers[shortcut] = shortcuts.verdicts(probes).set_index("question")["answer"]
+    assert set(answers[1.0].index) == set(shortcuts.QUESTIONS)
+    assert (answers[1.0] == "yes").all(), answers[1.0].to_dict()   # planted
+    assert (answers[0.0] == "no").all(), answers[0.0].to_dict()    # not planted
+
+
+def test_masked_views_black_out_the_dilated_lungs(cohorts):
+    manifest, views = cohorts[1.0]
+    assert set(views["view"]) == set(shortcuts.MASKED_VIEWS)
+    assert len(views) == 3 * len(manifest)
+    row = manifest.iloc[0]
+    path = views[views["image_id"] == row["image_id"]].set_index("view")["path"]
+    mask = prepare_images([read_mask(Path(manifest.attrs["data_root"]) / row["lung_mask_path"])
+                           .astype(np.float32)], SIZE)[0] > 0.5
+    lungs = shortcuts.dilate_mask(mask, 0.04 * SIZE)
+    full, no_lungs, only = (read_image(path[v]) for v in ("full", "no_lungs", "lungs_only"))
+    assert full.shape == (SIZE, SIZE)
+    assert (no_lungs[lungs] == 0).all() and (only[~lungs] == 0).all()
+    np.testing.assert_allclose(no_lungs[~lungs], full[~lungs])
+    np.testing.assert_allclose(only[lungs], full[lungs])
+
+
+def test_dilate_mask_by_hand():
+    mask = np.zeros((5, 5), bool)
+    mask[2, 2] = True
+    grown = shortcuts.dilate_mask(mask, 1)
+    assert grown.sum() == 5 and grown[1, 2] and grown[2, 1] and not grown[1, 1]
+    assert shortcuts.dilate_mask(mask, 0).sum() == 1
+    with pytest.raises(ValueError, match="2-D"):
+        shortcuts.dilate_mask(np.zeros(4), 1)
+
+
+def test_image_features_by_hand():
+    images = np.full((2, 16, 16), 0.5, np.float32)
+    images[1, :8] = 0.0  # top half blacked out
+    feats = shortcuts.image_features(images, grid=4, bins=4)
+    assert feats.shape == (2, 16 + 4 + 9)
+    np.testing.assert_allclose(feats[0, :16], 0.5)
+    np.testing.assert_allclose(feats[:, 16:20], [[0, 0, 1, 0], [0, 0, 1, 0]])  # 0.5 in bin 3
+    assert feats[0, -2] == 0 and feats[1, -2] == pytest.approx(0.5)  # share blacked out
+    with pytest.raises(ValueError, match="N, S, S"):
+        shortcuts.image_features(np.zeros((16, 16)))
+
+
+def test_balanced_accuracy_ci_by_hand():
+    y = ["a", "a", "b", "b"]
+    res = shortcuts.balanced_accuracy_ci(y, ["a", "b", "b", "b"], ["p1", "p2", "p3", "p4"],
+                                         n_boot=50, baseline=np.array(["b"] * 4))
+    assert res["value"] == pytest.approx(0.75)       # (1/2 + 2/2) / 2
+    assert res["baseline"] == pytest.approx(0.5)     # (0 + 1) / 2
+    assert res["gain"] == pytest.approx(0.25)
+    assert res["ci_low"] <= res["ci_high"]
+
+
+def test_verdict_rule_uses_the_lower_bound():
+    probes = pd.DataFrame([
+        {"target": "label", "input": "no_lungs", "model": "logistic", "gain": 0.3,
+         "gain_ci_low": 0.11},
+        {"target": "source", "input": "lungs_only", "model": "logistic", "gain": 0.3,
+         "gain_ci_low": 0.09},
+    ])
+    table = shortcuts.verdicts(probes, margin=0.10).set_index("input")
+    assert table.loc["no_lungs", "answer"] == "yes"
+    assert table.loc["lungs_only", "answer"] == "no"
+    assert len(table) == 2  # the missing probe's question is left out
+
+
+def test_external_validation_on_separable_features():
+    rng = np.random.default_rng(0)
+    n = 80
+    manifest = pd.DataFrame({
+        "label": np.tile(["control", "pneumonia"], n // 2),
+        "source": np.repeat(["A", "B"], n // 2),
+        "patient_id": [f"p{k}" for k in range(n)]})
+    features = (manifest["label"] == "pneumonia").to_numpy()[:, None] * 3.0 \
+        + rng.normal(size=(n, 3))
+    table = shortcuts.external_validation(features, manifest, soft_shares=(0.25,), seed=0)
+    assert table["held_out"].tolist() == ["A", "A", "B", "B"]
+    assert table["scenario"].tolist() == ["hard", "soft 25%"] * 2
+    assert table.loc[0, "n_external"] == 40 and table.loc[1, "n_external"] == 30
+    assert (table["auc_external"] > 0.9).all() and (table["auc_internal"] > 0.9).all()
+    with pytest.raises(ValueError, match="feature rows"):
+        shortcuts.external_validation(features[:5], manifest)
+
+
+def test_probe_settings_per_profile():
+    from cxrlib.profiles import get_profile
+
+    smoke, default, paper = (shortcuts.probe_settings(get_profile(n))
+                             for n in ("smoke", "default", "paper"))
+    assert (smoke.image_size, smoke.epochs) == (64, 1)
+    assert (default.image_size, default.epochs, default.n_boot) == (64, 3, 500)
+    assert (paper.image_size, paper.epochs) == (224, 24)
