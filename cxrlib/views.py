@@ -178,6 +178,31 @@ def crop_to_box(array: np.ndarray, box: Box, fill=0) -> np.ndarray:
 # Pixel operations
 
 
+def _equalize_hist(image: np.ndarray, sample: np.ndarray, nbins: int) -> np.ndarray:
+    """``skimage.exposure.equalize_hist`` of ``image`` with the histogram of ``sample``, float32.
+
+    The cumulative histogram is skimage's; the piecewise-linear map through its bin centres is
+    evaluated with arithmetic bin indices instead of ``np.interp``'s binary search (the bins are
+    uniform), which is ~4x faster and gives np.interp's values: the index is corrected to the
+    interval ``centres[j] <= x < centres[j + 1]`` that np.interp would find.
+    """
+    cdf, centres = exposure.cumulative_distribution(sample, nbins)
+    cdf, centres = cdf.astype(np.float64), centres.astype(np.float64)  # as np.interp computes
+    x = image.ravel().astype(np.float64)
+    last = centres.size - 1
+    if last < 1:
+        return np.interp(x, centres, cdf).reshape(image.shape).astype(np.float32)
+    step = (centres[-1] - centres[0]) / last
+    j = np.clip(((x - centres[0]) / step).astype(np.intp), 0, last - 1)
+    j -= (x < centres[j]) & (j > 0)
+    j += (x >= centres[j + 1]) & (j < last - 1)
+    slopes = (cdf[1:] - cdf[:-1]) / (centres[1:] - centres[:-1])
+    out = slopes[j] * (x - centres[j]) + cdf[j]
+    out[x <= centres[0]] = cdf[0]
+    out[x >= centres[-1]] = cdf[-1]
+    return out.reshape(image.shape).astype(np.float32)
+
+
 def equalize(image: np.ndarray, region: np.ndarray | None = None, nbins: int = 256) -> np.ndarray:
     """Histogram equalisation (``skimage.exposure.equalize_hist``), float32 in [0, 1].
 
@@ -188,8 +213,10 @@ def equalize(image: np.ndarray, region: np.ndarray | None = None, nbins: int = 2
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 2:
         raise ValueError(f"image must be a 2-D array (H, W), got shape {image.shape}")
-    if region is None:
-        region = np.ones(image.shape, dtype=bool)
+    if region is None:  # the whole image: no masking or copying needed
+        if image.size == 0 or image.min() == image.max():
+            return np.ones(image.shape, dtype=np.float32)
+        return _equalize_hist(image, image, nbins)
     region = np.asarray(region, dtype=bool)
     if region.shape != image.shape:
         raise ValueError(f"image {image.shape} and region {region.shape} have different shapes")
@@ -200,8 +227,7 @@ def equalize(image: np.ndarray, region: np.ndarray | None = None, nbins: int = 2
     if values.min() == values.max():
         out[region] = 1.0
         return out
-    eq = exposure.equalize_hist(image, nbins=nbins, mask=region)
-    out[region] = eq[region]
+    out[region] = _equalize_hist(values, values, nbins)
     return out
 
 

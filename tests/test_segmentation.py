@@ -325,3 +325,27 @@ def test_train_segment_score_and_views_on_a_synthetic_cohort(tmp_path):
     assert len(scores) == 24 and scores["dice"].between(0, 1).all()
     views = build_views(manifest, None, size=32, cache_dir=tmp_path / "views", progress=False)
     assert len(views) == 24 * 4 and views.attrs["n_computed"] == 96
+
+
+def test_hole_filling_keeps_notches_open_to_the_border():
+    prob = np.zeros((30, 30), dtype=np.float32)
+    prob[5:25, 5:25] = 0.9
+    prob[10:15, 10:15] = 0.0          # a hole: filled
+    prob[0:20, 18:20] = 0.0           # a slit from the top border: background, kept open
+    out = postprocess_mask(prob, min_region_fraction=0.0)
+    assert out[12, 12] and not out[10, 19] and not out[0, 0]
+    assert out.sum() == 400 - 2 * 15
+
+
+def test_inference_batches_are_capped_and_give_the_same_probabilities():
+    from cxrlib.segmentation import CPU_ACTIVATION_BYTES, _cpu_batch_limit, predict_lung_probability
+
+    torch.manual_seed(0)
+    model = UNet(width=0.5).eval()
+    # the full-resolution decoder input of width 0.5 has 2 x 16 channels of 4 bytes
+    assert _cpu_batch_limit(model, (128, 128)) == CPU_ACTIVATION_BYTES // (32 * 128 * 128 * 4) == 8
+    assert _cpu_batch_limit(UNet(width=1.0), (1024, 1024)) == 1
+    images = np.random.default_rng(0).standard_normal((5, 32, 32)).astype(np.float32)
+    one_by_one = np.concatenate([predict_lung_probability(model, images[i:i + 1]) for i in range(5)])
+    np.testing.assert_allclose(predict_lung_probability(model, images, batch_size=5), one_by_one,
+                               atol=1e-6)

@@ -364,3 +364,89 @@ def test_default_cohort_is_cached_and_regenerated_when_stale(tmp_path, monkeypat
     bigger = prof.with_overrides(n_covidgr=6)
     assert len(load_manifest(default_cohort("covidgr", bigger, seed=0, progress=False))) == 6
     assert [p.name for p in (tmp_path / "synthetic").iterdir()] == ["covidgr-tiny-s0-sc1.0"]
+
+
+# ------------------------------------------------------------------------------------------
+# realism of what a lung segmenter must learn (sim-to-real, issue 4)
+# ------------------------------------------------------------------------------------------
+
+def _anatomy(seed: int = 0, size: int = 96, margin_top: float = 0.3, margin_bottom: float = 0.3):
+    """One upright PA thorax framed with room above the apices and below the domes."""
+    from cxrlib.synthetic.acquisition import view_frame
+    from cxrlib.synthetic.anatomy import build_thorax, pose_subject, render_anatomy, sample_subject
+
+    rng = np.random.default_rng(seed)
+    thorax = build_thorax(pose_subject(sample_subject(rng, "F", 50.0), rng, "PA", False))
+    frame = view_frame(thorax, (size, size), 1.1, margin_top, margin_bottom, (0.0, 0.0), 0.0)
+    return thorax, frame, render_anatomy(thorax, frame, rng, fields=("air", "height"))
+
+
+def test_neck_and_subphrenic_recess_are_outside_the_lung_mask():
+    from cxrlib.synthetic.anatomy import _lookup
+
+    thorax, frame, out = _anatomy()
+    mask, air = out["mask"], out["air"]
+    # nothing above the apices (neck, supraclavicular fossae) is lung
+    assert not mask[frame.Y < min(thorax.apex_y)].any()
+    assert (frame.Y < min(thorax.apex_y) - 1.0).sum() > 0.05 * mask.size
+    # below the domes the posterior recesses still hold air (dark), yet they are not lung
+    dome = thorax.dome[_lookup(thorax, frame.X, frame.Y).side_u]  # diaphragm row per pixel, cm
+    recess = (frame.Y > dome + 0.3) & (air > 0.02)
+    assert recess.any() and not (recess & mask).any()
+    # and the recess holds less air than the lung just above the dome
+    assert air[recess].mean() < air[mask & (frame.Y > dome - 2.0)].mean()
+
+
+def test_neck_soft_tissue_varies_between_patients():
+    from cxrlib.synthetic.anatomy import build_thorax, sample_subject
+
+    tissue = [sample_subject(np.random.default_rng(s), "M", 40.0).neck_tissue for s in range(40)]
+    assert 0.5 <= min(tissue) < 0.75 and 0.95 < max(tissue) <= 1.2
+    thin, thick = (build_thorax(sample_subject(np.random.default_rng(s), "M", 40.0))
+                   for s in (int(np.argmin(tissue)), int(np.argmax(tissue))))
+    neck = lambda th: th.row_tables["thickness"][:100].mean()  # rows far above the apex
+    assert neck(thin) < 0.8 * neck(thick)
+    # the chest itself is as thick in both
+    assert thin.row_tables["thickness"][-200] == pytest.approx(thick.row_tables["thickness"][-200])
+
+
+def test_effusion_is_an_opacity_inside_the_unchanged_lung_outline():
+    cases = sample_cases("arias", 300, seed=4)
+    case = cases[(cases["label"] == "pneumonia") & cases["synth_effusion"]
+                 & (cases["synth_collimation"] == "none")
+                 & ~cases["synth_lobe"].str.contains(r"\+")].iloc[0]
+    dry_case = case.copy()
+    dry_case["synth_effusion"] = False
+    dry = render_case(dry_case, 96, seed=4)
+    wet = render_case(case, 96, seed=4)
+    # the radiologist's outline of the lung does not shrink: the fluid is lung-mask territory
+    assert np.array_equal(wet["lung_mask"], dry["lung_mask"])
+    lung, lesion = wet["lung_mask"], wet["lesion_mask"]
+    assert not (lesion & ~lung).any()
+    rows = np.nonzero(lung.any(axis=1))[0]
+    base = np.zeros_like(lung)
+    base[rows[-1] - max(2, (rows[-1] - rows[0]) // 10):rows[-1] + 1] = True
+    side = case["synth_lobe"].startswith("left")
+    cols = np.arange(lung.shape[1])[None, :]
+    own = (cols >= lung.shape[1] // 2) if side else (cols < lung.shape[1] // 2)
+    # the effused base is in the lesion mask and brighter than the other lung's dry base
+    assert (lesion & base & own).sum() > 0.5 * (lung & base & own).sum()
+    image = wet["image"]
+    assert image[lesion & base & own].mean() > image[lung & base & ~own & ~lesion].mean() + 0.05
+
+
+def test_covid_consolidation_is_densest_in_the_lower_zones():
+    from cxrlib.synthetic.disease import covid_lesions
+
+    lung = np.zeros((80, 80), bool)
+    lung[8:72, 6:36] = lung[8:72, 44:74] = True
+    rows = np.arange(80, dtype=np.float32)[:, None]
+    fields = {"height": np.broadcast_to(np.clip((rows - 8) / 63, 0, 1), lung.shape).astype(np.float32),
+              "lateralness": np.full(lung.shape, 0.8, np.float32),
+              "air": np.where(lung, np.float32(1), np.float32(0))}
+    lesion, opacity = covid_lesions(lung, fields, 8, 1.0, 2.0, np.random.default_rng(0))
+    upper, lower = lesion & (fields["height"] < 0.4), lesion & (fields["height"] > 0.6)
+    assert upper.any() and lower.any()
+    assert np.percentile(opacity[lower], 95) > 1.3 * np.percentile(opacity[upper], 95)
+    # severe disease is about as dense as soft tissue (0.4-0.6 attenuation) at the bases
+    assert opacity[lower].max() > 0.45

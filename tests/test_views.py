@@ -236,3 +236,17 @@ def test_build_views_names_the_image_whose_mask_is_missing(tiny_manifest, tmp_pa
     assert len(out) == 3 * 4 - 3
     assert {(i, v) for i, v, _ in out.attrs["skipped"]} == {("im1", v) for v in
                                                              ("exp2", "exp3", "sdnet")}
+
+
+def test_equalize_gives_exactly_skimages_values_on_8_bit_and_float_images():
+    rng = np.random.default_rng(5)
+    for i in range(30):
+        image = (rng.random((int(rng.integers(3, 70)), int(rng.integers(3, 70)))) ** 2).astype(np.float32)
+        if i % 2:
+            image = np.round(image * 255).astype(np.float32) / 255  # ties on bin centres
+        region = rng.random(image.shape) < 0.6
+        np.testing.assert_array_equal(equalize(image),
+                                      exposure.equalize_hist(image).astype(np.float32))
+        expected = np.zeros_like(image)
+        expected[region] = exposure.equalize_hist(image, mask=region)[region]
+        np.testing.assert_array_equal(equalize(image, region), expected)

@@ -72,6 +72,7 @@ class Subject:
     heart_shape: tuple       # exponents of the right / left heart borders (<1: rounder)
     lung_air: float          # attenuation removed by a full depth of aerated lung
     vessel_contrast: float   # visibility of the lung vessels (about 1)
+    neck_tissue: float = 1.0  # soft tissue of the neck and supraclavicular fossae (about 1)
     inspiration: float = 1.0  # lung height factor of this image
     projection: str = "PA"
     supine: bool = False
@@ -104,8 +105,8 @@ def sample_subject(rng: np.random.Generator, sex: str, age: float) -> Subject:
         breast=0.0 if male else float(np.clip(n(0.55, 0.25), 0.05, 1.0)),
         habitus=float(np.clip(n(1.0, 0.12), 0.7, 1.4)), arms=bool(rng.random() < 0.55),
         arm_gap=u(0.0, 2.5), vessel_spread=u(0.2, 0.34),
-        heart_shape=(u(0.3, 0.5), u(0.45, 0.8)), lung_air=u(0.25, 0.6),
-        vessel_contrast=u(0.7, 1.3),
+        heart_shape=(u(0.3, 0.5), u(0.45, 0.8)), lung_air=u(0.2, 0.5),
+        vessel_contrast=u(0.7, 1.3), neck_tissue=u(0.55, 1.15),
     )
 
 
@@ -211,9 +212,14 @@ def build_thorax(subject: Subject) -> Thorax:
         "heart_r": hearts[0].astype(np.float32),
         "heart_l": hearts[1].astype(np.float32),
         "body": np.interp(y, body_y, body_w).astype(np.float32),
-        # front-to-back thickness relative to the chest: thin neck, thicker abdomen
+        # front-to-back thickness relative to the chest: thin neck, thicker abdomen; the neck
+        # and supraclavicular soft tissue vary between patients (``neck_tissue``), from
+        # nearly as grey as the aerated apices to brighter, so that the region above the
+        # lungs is told from lung by its shape and bones rather than by its brightness
         "thickness": np.interp(y, np.array([-0.6, -0.25, -0.05, 0.15, 1.0, 1.6]) * H,
-                               [0.45, 0.5, 0.65, 0.9, 1.0, 1.05]).astype(np.float32),
+                               [0.45 * s.neck_tissue, 0.5 * s.neck_tissue,
+                                0.65 * (0.4 + 0.6 * s.neck_tissue), 0.9, 1.0, 1.05]
+                               ).astype(np.float32),
     }
     u_max = 2.0 * W
     u = np.linspace(0.0, u_max, DOME_SAMPLES)
@@ -272,7 +278,8 @@ def lung_fields(thorax: Thorax, X: np.ndarray, Y: np.ndarray, look: _Lookup | No
     -------
     dict of arrays shaped like ``X``: ``mask`` (bool, the visible lung fields: heart and
     mediastinum excluded, as in radiologists' masks), ``side`` (int8: 0 right, 1 left, -1 outside
-    the mask), ``air`` (float32 0..1, projected air depth, including the retrocardiac lung),
+    the mask), ``air`` (float32 0..1, projected air depth, including the retrocardiac lung
+    and the posterior recesses below the domes),
     ``lateralness`` (float32, 0 at the mediastinum, 1 at the lateral wall), ``height`` (float32, 0
     at the apex, 1 at the costophrenic angle), ``heart`` (float32 0..1, heart depth) and
     ``inside`` (float32, cm: positive inside the mask, its smallest distance to a border along x
@@ -285,21 +292,31 @@ def lung_fields(thorax: Thorax, X: np.ndarray, Y: np.ndarray, look: _Lookup | No
     med_vis = st["med_vis"][L.side_row]
     dome = thorax.dome[L.side_u]
     U = L.U
+    H = np.float32(thorax.height)
     above_dome = Y < dome
-    air_region = (U > med_air) & (U < lateral) & above_dome
+    band = (U > med_air) & (U < lateral)
     inside = np.minimum(np.minimum(U - med_vis, lateral - U), dome - Y)
     mask = inside > 0
     lat = np.clip((U - med_air) / np.maximum(lateral - med_air, np.float32(1e-3)), 0.0, 1.0)
-    depth = np.sqrt(np.clip(4.0 * lat * (1.0 - lat), 0.0, 1.0))
+    # projected depth of aerated lung: it thins over a band at the walls (the chest wall and
+    # the mediastinum are curved), so lung borders are soft on a radiograph rather than a step
+    depth = np.clip(4.0 * lat * (1.0 - lat), 0.0, 1.0) ** np.float32(0.75)
     height = st["height"][L.side_row]
-    H = np.float32(thorax.height)
-    vert = np.sqrt(np.clip((dome - Y) / (0.025 * H), 0.0, 1.0) * np.clip(height / 0.06, 0.0, 1.0))
-    air = depth * vert * air_region
+    # towards the dome the lung thins (the dome bulges forwards), then steps down where the
+    # beam grazes the dome's top (the visible border); below it the posterior costophrenic
+    # recess still holds some air, fading downwards: dark but outside the lung fields
+    below = Y - dome
+    vert = np.where(above_dome,
+                    np.float32(0.45) + np.float32(0.55) * np.clip(-below / (0.06 * H), 0.0, 1.0),
+                    np.float32(0.3) * np.exp(-below / (0.08 * H)) * (below < 0.3 * H))
+    vert = vert * np.sqrt(np.clip(height / 0.06, 0.0, 1.0))
+    air = depth * vert * band
     h_r, h_l = rt["heart_r"][L.row], rt["heart_l"][L.row]
     half = np.float32(0.5) * (h_r + h_l)
     centre = np.float32(0.5) * (h_l - h_r)
     q = np.clip(1.0 - ((X - centre) / np.maximum(half, np.float32(1e-3))) ** 2, 0.0, 1.0)
-    heart = np.sqrt(np.sqrt(q)) * ((half > 0.05) & (Y < dome + 0.04 * H))
+    # projected depth of a rounded heart: it thins towards its borders (an ellipsoid's chord)
+    heart = np.sqrt(q) * ((half > 0.05) & (Y < dome + 0.04 * H))
     side = np.where(mask, (~L.right).astype(np.int8), np.int8(-1))
     return dict(mask=mask, side=side, air=air.astype(np.float32), lateralness=lat,
                 height=height, heart=heart.astype(np.float32), inside=inside)

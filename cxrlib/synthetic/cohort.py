@@ -52,7 +52,7 @@ from .frame import PixelFrame
 from .presets import SOURCE_FLOOR, get_preset
 
 #: Bump when the rendering changes, so that cached cohorts are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 #: Share of a profile's cached cohort (:func:`default_cohort`) written as DICOM, so that every
 #: study run reads some images through :mod:`cxrlib.dicom`.
@@ -205,7 +205,7 @@ def _draw_patient(preset, label: str, src, shortcut: float, rng) -> dict:
     lobe = f"{('right', 'left')[side]}_{rng.choice(LOBES[side], p=[0.6, 0.2, 0.2])}"
     if rng.random() < 0.15:
         lobe += f"+{('left', 'right')[side]}_lower"
-    effusion = bool(rng.random() < 0.25)
+    effusion = bool(rng.random() < 0.4)  # parapneumonic effusion: up to 40% of inpatients
     return dict(
         source=src.name, label=label, sex="M" if rng.random() < male else "F",
         age=float(np.clip(round(rng.normal(style_src.age_mean, style_src.age_sd)), 18, 95)),
@@ -299,11 +299,14 @@ def render_case(case, size: int = 256, seed: int = 0) -> dict:
         border = acq.collimation_mask(frame.shape, widths, rng.normal(0, 0.01))
     lung = layers["mask"] & ~border
     density = layers["density"]
+    fluid = None
     if label == "pneumonia" and bool(_field(case, "synth_effusion", False)):
-        lung &= ~_add_effusion(case, subject, frame, layers, density, rng)
-    if collimation != "none" or label == "pneumonia":  # a cut can leave specks
+        fluid = _add_effusion(case, subject, frame, layers, density, rng)
+    if collimation != "none":  # a cut can leave specks
         lung = keep_two_lungs(lung, frame.X > 0)
-    lesion, parts = _add_lesions(case, frame, layers, lung, density, rng)
+    lesion, parts = _add_lesions(case, frame, layers, lung, density, rng, subject.lung_air)
+    if fluid is not None:  # pleural fluid is an opacity inside the lung outline
+        lesion |= fluid & lung
     devices = tuple(d for d in str(_field(case, "synth_devices", "none")).split("+") if d != "none")
     if devices:
         density += acq.device_density(frame, thorax, devices, rng)
@@ -352,32 +355,43 @@ def _view(case, thorax, style, size: int, rng) -> PixelFrame:
 
 
 def _add_effusion(case, subject, frame, layers, density, rng) -> np.ndarray:
-    """Add pleural fluid on the pneumonia's side to ``density`` (in place); return its region."""
+    """Add pleural fluid on the pneumonia's side to ``density`` (in place); return its region.
+
+    The fluid replaces the air of the lung base, but the lung mask keeps the lung's outline
+    (as radiologists draw it on a film with an effusion), so that a white base is still lung.
+    """
     side = 0 if str(_field(case, "synth_lobe")).startswith("right") else 1
-    fluid = effusion_region(layers, frame.X, side, rng.uniform(0.06, 0.3))
+    fluid = effusion_region(layers, frame.X, side, rng.uniform(0.06, 0.35))
     soft = ndi.gaussian_filter(fluid.astype(np.float32), max(0.25 * frame.px_per_cm, 0.6))
     density += soft * (np.float32(subject.lung_air) * layers["air"] + 0.06)
     return fluid
 
 
-def _add_lesions(case, frame, layers, lung, density, rng):
+def _add_lesions(case, frame, layers, lung, density, rng, lung_air: float):
     """Add the case's lesions to ``density`` (in place). Returns the lesion mask and the lung
-    parts (None unless COVID-19)."""
+    parts (None unless COVID-19).
+
+    A lesion fills the air spaces: it adds at most the attenuation of the air it displaces
+    (``lung_air`` x the air depth) plus a little for thickened interstitium, so that an airless
+    lung is as dense as soft tissue (it effaces the heart and diaphragm borders), never denser.
+    """
     label = _field(case, "label")
     ppc = frame.px_per_cm
+    if label in ("covid19", "pneumonia"):
+        ceiling = np.float32(lung_air) * layers["air"] + np.float32(0.06)
     if label == "covid19":
         target = int(_field(case, "synth_rale_target"))
         level = float(np.clip(target / 8.0 + rng.normal(0, 0.08), 0.05, 1.0))
         parts = lung_parts(lung)
         lesion, opacity = covid_lesions(lung, layers, target, level, ppc, rng, parts=parts)
-        density += opacity
+        density += np.minimum(opacity, ceiling)
         return lesion, parts
     if label == "pneumonia":
         lobes = str(_field(case, "synth_lobe")).split("+")
         side_name, lobe = lobes[0].split("_")
         lesion, opacity = pneumonia_lesions(lung, layers, int(side_name == "left"), lobe,
                                             len(lobes) > 1, ppc, rng)
-        density += opacity
+        density += np.minimum(opacity, ceiling)
         return lesion, None
     return np.zeros(lung.shape, bool), None
 

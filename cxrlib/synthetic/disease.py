@@ -238,7 +238,8 @@ def covid_lesions(lung_mask: np.ndarray, fields: dict, target_rale: int, severit
     Returns
     -------
     lesion_mask : (H, W) bool, inside ``lung_mask``.
-    opacity : (H, W) float32 >= 0, added attenuation (about 0.1 ground glass, 0.4 consolidation).
+    opacity : (H, W) float32 >= 0, added attenuation (about 0.15-0.3 ground glass; consolidation
+        up to about 0.25 at the apices and 0.55 at the bases).
     """
     shape = lung_mask.shape
     if target_rale == 0:
@@ -273,15 +274,18 @@ def covid_lesions(lung_mask: np.ndarray, fields: dict, target_rale: int, severit
         if covered[label] < wanted:  # add the part's highest-scoring pixels
             part = parts == label
             lesion |= part & (score >= np.sort(score[part])[-wanted])
-    # density: ground glass everywhere in the lesion, consolidation in its densest core
+    # density: ground glass everywhere in the lesion, consolidation in its densest core; the
+    # dependent lower zones consolidate most, and peripheral opacities reach the chest wall
+    # and the diaphragm (they efface the lung border, as on real films: silhouette sign)
     soft = box_blur(lesion.astype(np.float32), 0.6 * px_per_cm)
     texture = 0.75 + 0.25 * fine
-    ggo = np.float32(0.12 + 0.1 * severity_level) * texture
+    ggo = np.float32(0.14 + 0.14 * severity_level) * texture
     core_thr = np.float32(np.quantile(score[lesion], 0.55))
     core = np.clip((score - core_thr) / np.float32(max(float(score[lesion].std()), 1e-6)), 0.0, 1.0)
-    consolidation = np.float32(0.35 * severity_level ** 1.5) * box_blur(
+    basal = np.float32(0.6) + np.float32(0.8) * np.clip(fields["height"], 0.0, 1.0) ** 2
+    consolidation = np.float32(0.4 * severity_level ** 1.2) * basal * box_blur(
         (core * lesion).astype(np.float32), 0.5 * px_per_cm)
-    opacity = (soft * ggo + consolidation) * (0.45 + 0.55 * np.clip(fields["air"] * 1.3, 0.0, 1.0))
+    opacity = (soft * ggo + consolidation) * (0.7 + 0.3 * np.clip(fields["air"] * 2.0, 0.0, 1.0))
     return lesion, opacity.astype(np.float32)
 
 
@@ -322,7 +326,7 @@ def pneumonia_lesions(lung_mask: np.ndarray, fields: dict, side: int, lobe: str,
     The lobe is filled from its inside out: a pixel is consolidated where the lobe's blurred
     indicator (1 deep inside, 0.5 at its margin) plus a random field passes a threshold, so the
     margins are irregular and the core solid. Returns the lesion mask (bool, inside
-    ``lung_mask``) and the added attenuation (float32), dense (about 0.35-0.55) with faint air
+    ``lung_mask``) and the added attenuation (float32), dense (about 0.35-0.6) with faint air
     bronchograms drawn from the ``vessels`` field.
     """
     shape = lung_mask.shape
@@ -335,9 +339,10 @@ def pneumonia_lesions(lung_mask: np.ndarray, fields: dict, side: int, lobe: str,
     filled = box_blur(region.astype(np.float32), 1.0 * px_per_cm)
     lesion = (filled + np.float32(0.25) * noise > extent) & (region > 0) & lung_mask
     soft = box_blur(lesion.astype(np.float32), 0.8 * px_per_cm)
-    dense = np.float32(rng.uniform(0.35, 0.55)) * (0.88 + 0.12 * noise)
+    dense = np.float32(rng.uniform(0.35, 0.6)) * (0.88 + 0.12 * noise)
     bronchi = np.float32(rng.uniform(0.0, 0.2)) * fields.get("vessels", np.zeros(shape, np.float32))
-    opacity = soft * dense * (0.5 + 0.5 * np.clip(fields["air"] * 1.3, 0.0, 1.0)) - bronchi * soft
+    # a consolidated lobe is airless up to the pleura: it stays dense at the lung border
+    opacity = soft * dense * (0.75 + 0.25 * np.clip(fields["air"] * 2.0, 0.0, 1.0)) - bronchi * soft
     return lesion, np.maximum(opacity, 0.0).astype(np.float32)
 
 
