@@ -6,7 +6,8 @@
 - :func:`without_severity`: seed 000's cohort without Normal-PCR+ (Tables 7-8);
 - :func:`severity_accuracy`: the share of positives called positive per severity (seed 000,
   Table 6), per trained fold;
-- :func:`table4_beside_paper`, :func:`global_beside_paper`, :func:`binary_beside_paper`,
+- :func:`table4_beside_paper`, :func:`global_beside_paper`, :func:`binary_beside_paper` (with
+  :func:`cit_rows` for notebook 02's FuCiTNet and COVID-SDNet rows),
   :func:`severity_beside_paper`: our mean +- sd (percent) next to the published numbers
   (:mod:`cxrlib.paper_tables`);
 - :func:`plot_mean_roc`, :func:`plot_confusion_matrices`, :func:`plot_training_curves`: figures.
@@ -33,8 +34,8 @@ from cxrlib.training import TrainingRecipe, get_recipe
 __all__ = [
     "FAST_ARIAS_RECIPE", "ClassifierSetup", "classifier_setup", "read_views", "without_severity",
     "severity_accuracy", "table4_beside_paper", "global_beside_paper", "binary_metrics",
-    "binary_beside_paper", "severity_beside_paper", "init_sentence", "compare_experiments",
-    "plot_mean_roc",
+    "binary_beside_paper", "cit_rows", "CIT_PAPER_METHODS", "severity_beside_paper",
+    "init_sentence", "compare_experiments", "plot_mean_roc",
     "plot_confusion_matrices", "plot_training_curves",
 ]
 
@@ -44,6 +45,8 @@ FAST_ARIAS_RECIPE = get_recipe("arias2020").with_overrides(
     name="arias2020-fast", lr=1e-3, precise_bn_batches=8,
     source="seed 001's recipe with Adam 1e-3 (not 2e-5) and precise batch-norm statistics")
 
+#: Notebook 02's models (``cxrlib.cit``) and their names in seed 000's Tables 5 and 7.
+CIT_PAPER_METHODS = {"fucitnet": "FuCiTNet", "covid-sdnet": "COVID-SDNet"}
 _ARIAS_EXPERIMENT = {"exp1": "exp1_raw", "exp2": "exp2_cropped", "exp3": "exp3_segmented"}
 _PAPER_SEVERITY = {"normal_pcr_pos": "Normal-PCR+", "mild": "Mild", "moderate": "Moderate",
                    "severe": "Severe"}
@@ -262,34 +265,49 @@ def binary_metrics(class_summary: pd.DataFrame, global_summary: pd.DataFrame,
     return pd.concat(parts, axis=1).reset_index()
 
 
-def binary_beside_paper(binary: pd.DataFrame, rows: Mapping[str, str],
+def binary_beside_paper(binary: pd.DataFrame, rows: Mapping[str | tuple[str, str], str],
                         paper_table: str = "tabik2020_table5_methods") -> pd.DataFrame:
     """Our :func:`binary_metrics` rows beside rows of seed 000's Table 5 (or 7).
 
     Parameters
     ----------
     binary : :func:`binary_metrics` output.
-    rows : ``{our experiment: paper method}``, e.g. ``{"sdnet": "ResNet-50 with segmentation"}``.
+    rows : ``{ours: paper method}``; ``ours`` is an experiment (its first row) or an
+        ``(experiment, model)`` pair, e.g. ``{("sdnet", "covid-sdnet"): "COVID-SDNet"}``.
     paper_table : ``tabik2020_table5_methods`` or ``tabik2020_table7_no_normal_pcr``.
 
     Returns one row per metric (percent, ``"mean ± sd"``), one column per compared pair:
-    ``<experiment>`` (ours) and ``<paper method> (paper)``.
+    ``<experiment>`` or ``<experiment>/<model>`` (ours) and ``<paper method> (paper)``.
     """
     paper = paper_tables.load(paper_table).set_index("method")
     metrics = ["neg_specificity", "neg_precision", "neg_f1", "pos_sensitivity",
                "pos_precision", "pos_f1", "accuracy"]
     out = pd.DataFrame(index=pd.Index(metrics, name="metric"))
-    for experiment, method in rows.items():
+    for key, method in rows.items():
+        experiment, model = (key, None) if isinstance(key, str) else key
         ours = binary[binary["experiment"] == experiment]
+        if model is not None:
+            ours = ours[ours["model"] == model]
         if ours.empty:
-            raise ValueError(f"experiment {experiment!r} has no rows in the binary table")
+            raise ValueError(f"experiment {experiment!r}" + (f" model {model!r}" if model else "")
+                             + " has no rows in the binary table")
         if method not in paper.index:
             raise ValueError(f"{paper_table} has no method {method!r}")
         ours = ours.iloc[0]
-        out[experiment] = [_pm(ours[f"{m}_mean"], ours[f"{m}_sd"]) for m in metrics]
+        column = experiment if model is None else f"{experiment}/{model}"
+        out[column] = [_pm(ours[f"{m}_mean"], ours[f"{m}_sd"]) for m in metrics]
         out[f"{method} (paper)"] = [_pm(paper.loc[method, f"{m}_mean"],
                                         paper.loc[method, f"{m}_std"], scale=1) for m in metrics]
     return out.reset_index()
+
+
+def cit_rows(binary: pd.DataFrame, experiment: str) -> dict[tuple[str, str], str]:
+    """``{(experiment, model): paper method}`` for the FuCiTNet / COVID-SDNet rows of notebook
+    02 (models ``fucitnet``, ``covid-sdnet``) that ``binary`` holds for ``experiment``; pass it
+    to :func:`binary_beside_paper`."""
+    present = set(binary.loc[binary["experiment"] == experiment, "model"])
+    return {(experiment, model): method for model, method in CIT_PAPER_METHODS.items()
+            if model in present}
 
 
 def severity_beside_paper(severity_summary: pd.DataFrame,

@@ -51,6 +51,13 @@ class Profile:
     cls_binary_model : the network of seed 000's binary experiments (``resnet50`` in the paper).
     cls_extra_seeds : also run seed 002 (VGG16, original vs equalised) and seed 004 (frozen
         ImageNet backbone) in notebook 03.
+    cam_max_images : most images whose Grad-CAM maps notebook 06 scores per experiment (stratified
+        by class; the same images in every experiment).
+    cam_road_images : of those, how many get the ROAD faithfulness score per experiment (each
+        costs a few seconds of sparse solves on a CPU).
+    cit_width : channel multiplier of notebook 02's class-inherent-transformation generators and
+        of its randomly initialised perceptual VGG16 (1.0: the paper's 64 maps and VGG16, which
+        alone can load ImageNet weights).
     """
 
     name: str
@@ -77,6 +84,9 @@ class Profile:
     cls_fast_recipe: bool
     cls_binary_model: str
     cls_extra_seeds: bool
+    cam_max_images: int
+    cam_road_images: int
+    cit_width: float
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -95,6 +105,8 @@ PROFILES: dict[str, Profile] = {
         batch_size=16, bootstrap=50, tsne_max_points=200,
         cls_width=0.25, cls_folds=2, cls_fast_recipe=True, cls_binary_model="covidnet",
         cls_extra_seeds=False,
+        cam_max_images=24, cam_road_images=3,
+        cit_width=0.125,
     ),
     "default": Profile(
         name="default", n_arias=1200, n_covidgr=400, synth_size=256, image_size=128, seg_size=128,
@@ -104,6 +116,8 @@ PROFILES: dict[str, Profile] = {
         batch_size=32, bootstrap=500, tsne_max_points=2000,
         cls_width=0.25, cls_folds=2, cls_fast_recipe=True, cls_binary_model="covidnet",
         cls_extra_seeds=False,
+        cam_max_images=150, cam_road_images=8,
+        cit_width=0.125,
     ),
     "paper": Profile(
         name="paper", n_arias=8000, n_covidgr=852, synth_size=1024, image_size=224, seg_size=256,
@@ -113,6 +127,8 @@ PROFILES: dict[str, Profile] = {
         batch_size=32, bootstrap=2000, tsne_max_points=10000,
         cls_width=1.0, cls_folds=5, cls_fast_recipe=False, cls_binary_model="resnet50",
         cls_extra_seeds=True,
+        cam_max_images=600, cam_road_images=100,
+        cit_width=1.0,
     ),
 }
 

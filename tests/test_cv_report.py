@@ -121,3 +121,21 @@ def test_read_views_keeps_everything_when_qc_would_empty_a_class(tmp_path):
     assert excluded == [] and len(views) == 6 and views.attrs["qc_exclusion_skipped"]
     views, excluded = cv_report.read_views(tmp_path, _manifest())
     assert excluded == ["e", "f"] and not views.attrs["qc_exclusion_skipped"]
+
+
+def test_binary_beside_paper_picks_a_model_within_an_experiment():
+    base = _predictions(0)  # covidnet: accuracy 3/6
+    cit = _predictions(0, ("a", "b", "c", "d")).assign(model="covid-sdnet")  # all correct
+    preds = pd.concat([base, cit])
+    binary = cv_report.binary_metrics(summarize(class_metrics(preds)),
+                                      summarize(global_metrics(preds)))
+    rows = cv_report.cit_rows(binary, "sdnet")
+    assert rows == {("sdnet", "covid-sdnet"): "COVID-SDNet"}  # no fucitnet rows here
+    beside = cv_report.binary_beside_paper(
+        binary, {("sdnet", "covidnet"): "ResNet-50 with segmentation", **rows}).set_index("metric")
+    assert beside.loc["accuracy", "sdnet/covidnet"] == "50.00"
+    assert beside.loc["accuracy", "sdnet/covid-sdnet"] == "100.00"
+    assert beside.loc["accuracy", "COVID-SDNet (paper)"] == "76.18 ± 2.70"
+    assert cv_report.cit_rows(binary, "exp1") == {}
+    with pytest.raises(ValueError, match="model 'fucitnet' has no rows"):
+        cv_report.binary_beside_paper(binary, {("sdnet", "fucitnet"): "FuCiTNet"})
