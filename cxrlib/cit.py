@@ -57,6 +57,7 @@ from cxrlib.predictions import (
     append_predictions, artifact_stem, completed_runs, make_predictions, read_predictions,
     validate_predictions,
 )
+from cxrlib.run_folder import upsert_row
 from cxrlib.splits import check_split_plan, fold_split
 from cxrlib.training import (
     TrainingRecipe, default_device, get_recipe, load_images, predict, train_classifier,
@@ -676,16 +677,7 @@ def read_cit_runs(artifacts_dir: str | Path) -> pd.DataFrame:
 
 
 def _append_run(artifacts_dir: Path, row: dict) -> None:
-    runs = read_cit_runs(artifacts_dir)
-    if len(runs):
-        same = np.ones(len(runs), dtype=bool)
-        for key in ("experiment", "lam", "repetition", "fold"):
-            same &= runs[key].astype(str).to_numpy() == str(row[key])
-        runs = runs[~same]
-    runs = pd.concat([runs, pd.DataFrame([row])], ignore_index=True)
-    tmp = artifacts_dir / (RUNS_FILE + ".tmp")
-    runs.to_csv(tmp, index=False)
-    tmp.replace(artifacts_dir / RUNS_FILE)
+    upsert_row(Path(artifacts_dir) / RUNS_FILE, row, ("experiment", "lam", "repetition", "fold"))
 
 
 def load_cit(path: str | Path) -> dict:

@@ -48,9 +48,10 @@ from tqdm.auto import tqdm
 from cxrlib.manifest import LABELS
 from cxrlib.models.classifiers import WIDTH_SCALABLE, build_classifier, save_classifier
 from cxrlib.predictions import (
-    RUN_KEY, append_predictions, artifact_stem, completed_runs, make_predictions,
+    RUN_KEY, RUNS_FILE, append_predictions, artifact_stem, completed_runs, make_predictions,
     read_predictions, save_embeddings,
 )
+from cxrlib.run_folder import upsert_row
 from cxrlib.splits import check_split_plan, fold_split, split_groups
 from cxrlib.training import (
     DEFAULT_RECIPE, TrainingRecipe, default_device, get_recipe, load_images, predict,
@@ -61,7 +62,6 @@ __all__ = ["GridEntry", "experiment_grid", "holdout_plan", "cohort_classes", "ru
            "run_train_fraction_sweep", "read_runs", "PREDICTIONS_FILE", "RUNS_FILE"]
 
 PREDICTIONS_FILE = "predictions.parquet"
-RUNS_FILE = "crossval_runs.csv"
 
 
 @dataclass(frozen=True)
@@ -162,16 +162,7 @@ def read_runs(artifacts_dir: str | Path) -> pd.DataFrame:
 
 
 def _append_run(artifacts_dir: Path, row: dict) -> None:
-    runs = read_runs(artifacts_dir)
-    if len(runs):
-        same = np.ones(len(runs), dtype=bool)
-        for key in RUN_KEY:
-            same &= runs[key].astype(str).to_numpy() == str(row[key])
-        runs = runs[~same]
-    runs = pd.concat([runs, pd.DataFrame([row])], ignore_index=True)
-    tmp = artifacts_dir / (RUNS_FILE + ".tmp")
-    runs.to_csv(tmp, index=False)
-    tmp.replace(artifacts_dir / RUNS_FILE)
+    upsert_row(Path(artifacts_dir) / RUNS_FILE, row, RUN_KEY)
 
 
 def _resolve(path, data_root) -> Path:

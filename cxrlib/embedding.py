@@ -41,6 +41,7 @@ from cxrlib.manifest import LABELS, SEVERITIES
 from cxrlib.metrics import summarize
 from cxrlib.predictions import (
     MODEL_KEY, RUN_KEY, artifact_stem, completed_runs, load_embeddings, read_predictions,
+    with_checkpoints,
 )
 
 __all__ = [
@@ -83,8 +84,9 @@ def embedding_runs(artifacts_dir: str | Path) -> pd.DataFrame:
     predictions = artifacts_dir / "predictions.parquet"
     if not predictions.is_file():
         raise FileNotFoundError(f"{predictions} does not exist: {_RUN_FIRST} it")
-    runs = pd.DataFrame(sorted(completed_runs(read_predictions(predictions))),
-                        columns=list(RUN_KEY))
+    # only cross-validated classifiers leave embeddings (not notebook 02's FuCiTNet / COVID-SDNet)
+    trained = with_checkpoints(read_predictions(predictions), artifacts_dir)
+    runs = pd.DataFrame(sorted(completed_runs(trained)), columns=list(RUN_KEY))
     if runs.empty:
         raise FileNotFoundError(f"{predictions} has no trained fold: {_RUN_FIRST} its rows")
     runs["stem"] = [artifact_stem(*key) for key in runs[list(RUN_KEY)].itertuples(index=False)]

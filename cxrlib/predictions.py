@@ -41,7 +41,7 @@ __all__ = [
     "KEY", "RUN_KEY", "MODEL_KEY", "BASE_COLUMNS", "probability_columns", "classes_of",
     "make_predictions", "validate_predictions", "merge_predictions", "append_predictions",
     "read_predictions", "completed_runs", "average_by_patient", "artifact_stem",
-    "save_embeddings", "load_embeddings",
+    "save_embeddings", "load_embeddings", "RUNS_FILE", "with_checkpoints",
 ]
 
 #: Unique key of a row.
@@ -52,6 +52,8 @@ RUN_KEY = ("experiment", "model", "method", "repetition", "fold")
 MODEL_KEY = ("experiment", "model", "method")
 BASE_COLUMNS = ("image_id", "repetition", "fold", "experiment", "model", "method", "label",
                 "predicted")
+#: The log of the folds cross-validation trained (:mod:`cxrlib.crossval`), one line per fold.
+RUNS_FILE = "crossval_runs.csv"
 _PREFIX = "p_"
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.@+-]+$")
 
@@ -308,3 +310,19 @@ def load_embeddings(path: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
                               "label": data["label"].astype(object)})
         return table, data["embedding"]
 
+
+
+def with_checkpoints(predictions: pd.DataFrame, artifacts_dir: str | Path) -> pd.DataFrame:
+    """The rows of ``predictions`` made by classifiers that cross-validation trained.
+
+    Those folds (listed in ``artifacts/crossval_runs.csv``) left a checkpoint and embeddings of
+    the images as the classifier saw them. Rows of other methods in the table, such as notebook
+    02's FuCiTNet and COVID-SDNet (which read generator-transformed images), are left out.
+    """
+    path = Path(artifacts_dir) / RUNS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run notebook 03 (03_classifier_cv) first")
+    runs = pd.read_csv(path, usecols=list(RUN_KEY)).astype(str).drop_duplicates()
+    keys = predictions[list(RUN_KEY)].astype(str)
+    keep = pd.MultiIndex.from_frame(keys).isin(pd.MultiIndex.from_frame(runs))
+    return predictions[keep]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 
@@ -60,3 +62,23 @@ class RunFolder:
     def artifact(self, name: str) -> Path:
         """Path of ``artifacts/<name>`` (not created)."""
         return self.artifacts / name
+
+
+def upsert_row(path: str | Path, row: dict, key: Sequence[str]) -> pd.DataFrame:
+    """Write ``row`` into the CSV log at ``path``, replacing any line with the same ``key`` values.
+
+    The file is replaced atomically (written next to it, then renamed), so a run interrupted while
+    writing leaves the previous log intact. Returns the table as written.
+    """
+    path = Path(path)
+    table = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    if len(table):
+        same = np.ones(len(table), dtype=bool)
+        for name in key:
+            same &= table[name].astype(str).to_numpy() == str(row[name])
+        table = table[~same]
+    table = pd.concat([table, pd.DataFrame([row])], ignore_index=True)
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_csv(tmp, index=False)
+    tmp.replace(path)
+    return table

@@ -218,3 +218,21 @@ def test_average_by_patient_same_day():
     whole = average_by_patient(pred, manifest, same_day=False).set_index("unit_id")
     assert whole.loc["A", "p_covid19"] == pytest.approx((0.8 + 0.4 + 0.1) / 3)
     assert whole.loc["A", "predicted"] == "control"
+
+
+def test_with_checkpoints_keeps_only_cross_validated_folds(tmp_path):
+    from cxrlib.predictions import RUNS_FILE, with_checkpoints
+    from cxrlib.run_folder import upsert_row
+
+    preds = pd.DataFrame({
+        "image_id": ["a", "b", "c", "d"], "repetition": 0, "fold": [0, 1, 0, 0],
+        "experiment": ["exp1", "exp1", "sdnet", "sdnet"],
+        "model": ["covidnet", "covidnet", "covidnet", "covid-sdnet"], "method": "m"})
+    with pytest.raises(FileNotFoundError, match="notebook 03"):
+        with_checkpoints(preds, tmp_path)
+    for exp, fold in (("exp1", 0), ("exp1", 1), ("sdnet", 0), ("exp1", 0)):  # last one replaces
+        upsert_row(tmp_path / RUNS_FILE, {"experiment": exp, "model": "covidnet", "method": "m",
+                                          "repetition": 0, "fold": fold, "n_train": fold + 10},
+                   ("experiment", "model", "method", "repetition", "fold"))
+    assert len(pd.read_csv(tmp_path / RUNS_FILE)) == 3
+    assert list(with_checkpoints(preds, tmp_path)["image_id"]) == ["a", "b", "c"]

@@ -13,8 +13,9 @@ import pytest  # noqa: E402
 
 from cxrlib import embedding  # noqa: E402
 from cxrlib.predictions import (  # noqa: E402
-    append_predictions, artifact_stem, make_predictions, save_embeddings,
+    RUN_KEY, RUNS_FILE, append_predictions, artifact_stem, make_predictions, save_embeddings,
 )
+from cxrlib.run_folder import upsert_row  # noqa: E402
 
 # Five points on a line, groups a a b b b. With k = 2 (the point itself excluded):
 #   0 -> {1, 3}: a, b -> 1/2      1 -> {0, 3}: a, b -> 1/2      3 -> {1, 0}: a, a -> 0
@@ -139,6 +140,10 @@ def _artifacts(tmp_path, missing_file=False):
                                  experiment="exp1", model="covidnet", method="m", repetition=0,
                                  fold=fold)
         append_predictions(tmp_path / "predictions.parquet", preds)
+        upsert_row(tmp_path / RUNS_FILE, {"experiment": "exp1", "model": "covidnet", "method": "m",
+                                          "repetition": 0, "fold": fold}, RUN_KEY)
+        # a method of another notebook (no checkpoint, no embeddings) is not a trained fold here
+        append_predictions(tmp_path / "predictions.parquet", preds.assign(model="covid-sdnet"))
         if missing_file and fold == 1:
             continue
         stem = artifact_stem("exp1", "covidnet", "m", 0, fold)

@@ -1,0 +1,71 @@
+"""Notebook 06 (Grad-CAM) on the smoke run: its tables and figures."""
+import json
+
+import pandas as pd
+import pytest
+
+from cxrlib.profiles import get_profile
+
+pytestmark = pytest.mark.notebook
+
+EXPERIMENTS = {"arias": {"exp1", "exp2", "exp3"}, "covidgr": {"exp1", "sdnet", "sdnet@no_npcr"}}
+CLASSES = {"arias": {"control", "pneumonia", "covid19"}, "covidgr": {"control", "covid19"}}
+
+
+@pytest.mark.parametrize("cohort", ["arias", "covidgr"])
+def test_cam_localisation_table(smoke_run, cohort):
+    _, out = smoke_run
+    table = pd.read_csv(out / cohort / "tables" / "cam_localisation.csv")
+    assert set(table["experiment"]) == EXPERIMENTS[cohort]
+    assert set(table["label"]) == CLASSES[cohort]
+    assert len(table) == len(EXPERIMENTS[cohort]) * len(CLASSES[cohort])
+    # the smoke cap, split evenly over the classes, the same images in every experiment that has
+    # them (sdnet@no_npcr was trained and tested without the Normal-PCR+ positives)
+    per_class = get_profile("smoke").cam_max_images // len(CLASSES[cohort])
+    full = table[table["experiment"] != "sdnet@no_npcr"]
+    assert (full["n_images"] == per_class).all()
+    assert (table["n_images"] <= per_class).all()
+    for column in ("lung_energy_mean", "lung_area_mean", "pointing_hit_rate", "lesion_energy_mean",
+                   "lesion_area_mean", "lesion_hit_rate"):
+        values = table[column].dropna()
+        assert ((values >= 0) & (values <= 1)).all(), column
+    assert table["lung_area_mean"].between(0.05, 0.95).all()  # the lungs are part of every view
+    assert (table["lung_mask"] == "truth").all()  # synthetic cohorts: scored against the true lungs
+    assert (table["target"] == table["label"]).all()  # cam_target = "label"
+    # lesions exist only on diseased images, and their scores only where they exist
+    assert (table.loc[table["label"] == "control", "n_lesion"] == 0).all()
+    assert table.loc[table["label"] == "covid19", "n_lesion"].gt(0).all()
+    assert table.loc[table["n_lesion"] == 0, "lesion_energy_mean"].isna().all()
+    assert (table["n_lesion"] <= table["n_images"]).all()
+
+
+@pytest.mark.parametrize("cohort", ["arias", "covidgr"])
+def test_cam_faithfulness_table(smoke_run, cohort):
+    _, out = smoke_run
+    table = pd.read_csv(out / cohort / "tables" / "cam_faithfulness.csv")
+    assert set(table["experiment"]) == EXPERIMENTS[cohort]
+    road = get_profile("smoke").cam_road_images
+    assert (table.loc[table["experiment"] != "sdnet@no_npcr", "n_images"] == road).all()
+    assert table["n_images"].between(1, road).all()
+    assert table["road_mean"].between(-0.5, 0.5).all()
+    assert table["road_positive"].between(0, 1).all()
+
+
+def test_gradcam_figures(smoke_run):
+    _, out = smoke_run
+    for cohort in ("arias", "covidgr"):
+        assert (out / cohort / "figures" / "gradcam_by_class.png").stat().st_size > 10_000
+    why = out / "covidgr" / "figures" / "gradcam_why_positive_negative.png"
+    assert why.stat().st_size > 10_000
+    assert not (out / "arias" / "figures" / "gradcam_why_positive_negative.png").exists()
+
+
+def test_seed001_claim_answered_from_the_numbers(smoke_run):
+    _, out = smoke_run
+    nb = json.loads((out / "arias" / "06_gradcam.ipynb").read_text())
+    texts = ["".join(o.get("data", {}).get("text/markdown", "")) for c in nb["cells"]
+             for o in c.get("outputs", [])]
+    reading = [t for t in texts if "one-sided Wilcoxon" in t]
+    assert len(reading) == 1
+    assert "shortcut knob = 1: planted" in reading[0]
+    assert reading[0].count("**yes**") + reading[0].count("**no**") == 2  # raw and beyond chance
