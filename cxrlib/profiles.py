@@ -104,7 +104,7 @@ PROFILES: dict[str, Profile] = {
         epochs=1, cit_epochs=1, folds=2, repetitions=1, width=0.25,
         batch_size=16, bootstrap=50, tsne_max_points=200,
         cls_width=0.25, cls_folds=2, cls_fast_recipe=True, cls_binary_model="covidnet",
-        cls_extra_seeds=False,
+        cls_extra_seeds=True,
         cam_max_images=24, cam_road_images=3,
         cit_width=0.125,
     ),
