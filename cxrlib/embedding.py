@@ -411,7 +411,7 @@ def purity_reading(summary: pd.DataFrame, split: str = "test") -> str:
         if label.empty:
             raise ValueError(f"no class purity row for {key} on split {split!r}")
         others = rows[rows["factor"] != "label"]
-        text = f"{key[0]} ({key[1]}): " + ", ".join(_describe(r) for _, r in rows.iterrows())
+        text = f"{key[0]} ({key[1]}, {key[2]}): " + ", ".join(_describe(r) for _, r in rows.iterrows())
         if not others.empty:
             top = others.loc[others["above_chance_mean"].idxmax()]
             gap = top["above_chance_mean"] - label["above_chance_mean"].iloc[0]

@@ -71,6 +71,10 @@ def smoke_run(tmp_path_factory):
         if not done.exists():
             mp = pytest.MonkeyPatch()
             mp.setenv("CXR_DATA_DIR", str(data))
+            # the notebooks' kernels share the cores with the other xdist worker: one thread each,
+            # as for the workers themselves (two-thread torch on a busy core runs many times slower)
+            mp.setenv("OMP_NUM_THREADS", "1")
+            mp.setenv("MKL_NUM_THREADS", "1")
             error = None
             try:
                 record = run_study("smoke", out_dir=out, log=lambda *a: None)

@@ -23,11 +23,15 @@ def test_purity_table_arias(smoke_run):
     _, out = smoke_run
     table = _purity(out, "arias")
     assert not table.duplicated(KEY).any()
-    assert set(table["experiment"]) == {"exp1", "exp2", "exp3"}
+    # seed 001's three experiments, and at the smoke profile seeds 002/004's hold-out VGG16s
+    assert {"exp1", "exp2", "exp3"} <= set(table["experiment"]) <= {
+        "exp1", "exp2", "exp3", "exp1@holdout", "raw@holdout"}
     assert set(table["split"]) == {"train", "test"}
     pairs = set(zip(table["factor"], table["within"]))
     assert {("label", ""), ("source", ""), ("source", "label")} <= pairs
-    assert (table["n_runs"] == 2).all()  # smoke: two trained folds per experiment
+    # smoke: two trained folds per cross-validated experiment, one hold-out split for seeds 002/004
+    holdout = table["experiment"].str.endswith("@holdout")
+    assert (table.loc[~holdout, "n_runs"] == 2).all() and (table.loc[holdout, "n_runs"] == 1).all()
     for col in ("purity_mean", "chance_mean"):
         assert table[col].between(0, 1).all()
     assert (table["above_chance_mean"] <= 1).all()
@@ -71,7 +75,8 @@ def test_figures_and_reading(smoke_run):
         text = "".join("".join(o.get("data", {}).get("text/markdown", ""))
                        for c in nb["cells"] for o in c.get("outputs", []))
         assert "**Reading.** On the test images" in text
-        for experiment in set(_purity(out, cohort)["experiment"]):
-            assert f"{experiment} (covidnet): class " in text
+        for experiment, model, method in set(zip(*(_purity(out, cohort)[c] for c in
+                                                     ("experiment", "model", "method")))):
+            assert f"{experiment} ({model}, {method}): class " in text
     covidgr_text = (out / "covidgr" / "05_tsne.html").read_text()
     assert "no source purity" in covidgr_text

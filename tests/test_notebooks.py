@@ -133,7 +133,7 @@ def test_classifier_cv_outputs(smoke_run):
     per_experiment = preds.groupby("experiment")["image_id"].nunique()
     # every image that passed QC (and has the view) is a test image exactly once
     assert per_experiment["exp1"] == qc["qc_pass"].sum()
-    assert not preds.duplicated(["experiment", "image_id"]).any()
+    assert not preds.duplicated(["experiment", "model", "method", "image_id"]).any()
     assert not set(preds["image_id"]) & set(qc.loc[~qc["qc_pass"], "image_id"])
     for name in ("cv_roc_curves", "cv_confusion_matrices"):
         assert (arias / "figures" / f"{name}.png").stat().st_size > 5_000
