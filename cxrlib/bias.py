@@ -305,12 +305,12 @@ def subgroup_metrics(
                 if len(ok) < 2:
                     continue
                 best = max(ok, key=lambda j: point[names[j]][k])
-                worst = min(ok, key=lambda j: point[names[j]][k])
+                worst = min((j for j in ok if j != best), key=lambda j: point[names[j]][k])
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows
-                    sub = boot[:, ok, k]
-                    gaps = np.where((~np.isnan(sub)).sum(axis=1) >= 2,  # a level may be undrawn
-                                    np.nanmax(sub, axis=1) - np.nanmin(sub, axis=1), np.nan)
+                    # the gap between the two levels of the point estimate, in its direction, per
+                    # resample (a max - min per resample would never reach 0 and is biased upward)
+                    gaps = boot[:, best, k] - boot[:, worst, k]  # NaN where a level is undrawn
                 low, high = _percentiles(gaps, q)
                 in_gap = np.isin(levels, [names[j] for j in ok])
                 rows.append({**dict(zip(by, key)), "factor": factor, "level": "largest gap",

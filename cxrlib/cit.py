@@ -765,7 +765,8 @@ def run_cit_crossval(
     for rep in repetitions:
         for fold in folds:
             cit_key = (experiment, "fucitnet", cit_name, int(rep), int(fold))
-            if write_predictions and cit_key in done:
+            sdnet_key = (experiment, "covid-sdnet", setup.sdnet[0], int(rep), int(fold))
+            if write_predictions and cit_key in done and (not with_sdnet or sdnet_key in done):
                 continue
             if loaded is None:
                 ids = paths.index.to_numpy()

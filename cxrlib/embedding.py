@@ -339,6 +339,8 @@ def fold_purity(
                 continue
             purity = np.nanmean(per_image)
             chance = np.nanmean(chance_purity(groups, within=strata))
+            if chance >= 1:  # one group per stratum (e.g. one source per class): nothing to measure
+                continue
             rows.append({"split": split, "factor": factor, "within": within or "", "k": int(k),
                          "pca_dims": x.shape[1], "n_images": int(known.sum()), "n_groups": len(set(groups)),
                          "purity": purity, "chance": chance,

@@ -202,6 +202,7 @@ def grad_cam(model: torch.nn.Module, images: np.ndarray, targets,
     x = to_input_tensor(images)
     idx = _class_indices(model, targets, len(x))
     was_training = model.training
+    model.eval()  # batch-norm running statistics, as at prediction time
     out = np.zeros(tuple(x.shape[:1]) + tuple(x.shape[2:]), dtype=np.float32)
     with GradCAM(model=model, target_layers=[layer]) as cam:
         for start in range(0, len(x), batch_size):
@@ -583,6 +584,11 @@ def _paired_outside(scores: pd.DataFrame, a: str, b: str,
                     beyond_chance: bool = False) -> pd.DataFrame:
     """Per image (index), the CAM mass outside the lungs in experiments ``a`` and ``b`` (columns),
     images without a map in either dropped."""
+    keys = [c for c in ("model", "method") if c in scores.columns]
+    models = scores[scores["experiment"].isin([a, b])].groupby("experiment")[keys].nunique()
+    if keys and (models > 1).any(axis=None):
+        raise ValueError(f"more than one model or method per experiment in the scores of {a!r} and "
+                         f"{b!r}: select one (experiment, model, method) each before comparing")
     outside = 1 - scores["lung_energy"]
     if beyond_chance:
         outside = outside - (1 - scores["lung_area"])

@@ -470,7 +470,7 @@ def _macro_auc(target: np.ndarray, proba: np.ndarray, classes: Sequence[str],
     aucs = []
     for c in which:
         y = target == c
-        if y.all() or not y.any():
+        if y.all() or not y.any() or c not in set(classes):  # a class the model never saw
             continue
         aucs.append(roc_auc_score(y, proba[:, list(classes).index(c)]))
     return float(np.mean(aucs)) if aucs else np.nan

@@ -149,3 +149,17 @@ def test_plot_subgroups_one_panel_per_factor():
     assert [ax.get_title() for ax in fig.axes] == ["sex", "projection"]
     with pytest.raises(ValueError, match="no subgroup rows"):
         bias.plot_subgroups(table, "ppv")
+
+
+def test_gap_ci_keeps_its_direction_and_can_cross_zero():
+    # two sexes with the same mix of hits and misses, one patient per image: the sampled gap is
+    # as often negative as positive, so its CI spans 0 (a max - min per resample never would)
+    labels = ["covid19"] * 40
+    predicted = (["covid19", "control"] * 20)
+    preds = _predictions(labels, predicted, p_covid=[0.9, 0.1] * 20)
+    manifest = _manifest(40, patient_id=[f"p{i}" for i in range(40)], sex=["F", "F", "M", "M"] * 10)
+    table = bias.subgroup_metrics(preds, manifest, "covid19", factors=("sex",), n_boot=300,
+                                  min_level=1)
+    gap = table.set_index(["level", "metric"]).loc[("largest gap", "sensitivity")]
+    assert gap["value"] == pytest.approx(0.0)
+    assert gap["ci_low"] < 0 < gap["ci_high"]

@@ -286,3 +286,11 @@ def test_cam_overlay():
     assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
     with pytest.raises(ValueError, match="one shape"):
         explain.cam_overlay(image, cam[:4])
+
+
+def test_compare_outside_energy_refuses_two_models_of_one_experiment():
+    scores = pd.DataFrame({"image_id": ["a", "a", "a"], "experiment": ["exp1", "exp1", "exp3"],
+                           "model": ["covidnet", "vgg16", "covidnet"], "method": "m",
+                           "lung_energy": [0.5, 0.6, 0.7], "lung_area": 0.5})
+    with pytest.raises(ValueError, match="more than one model"):
+        explain.compare_outside_energy(scores, "exp1", "exp3")
