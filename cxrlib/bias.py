@@ -111,12 +111,17 @@ def projection_metrics(predictions: pd.DataFrame, manifest: pd.DataFrame,
                        by: Sequence[str] = MODEL_KEY) -> pd.DataFrame:
     """Seed 001's Table V from out-of-fold predictions: per-class rates per projection.
 
-    All folds and repetitions of a group are pooled. Returns the ``by`` columns, ``projection``,
-    ``class``, ``support``, ``ppv``, ``recall``, ``f1`` (fractions).
+    The folds of a repetition are pooled (each image is a test image once per repetition); the
+    rates are then averaged over repetitions, so ``support`` counts images, not image x
+    repetition. Returns the ``by`` columns, ``projection``, ``class``, ``support``, ``ppv``,
+    ``recall``, ``f1`` (fractions).
     """
     table = with_factors(predictions, manifest, factors=("projection",))
-    out = class_metrics(table, by=list(by) + ["projection"])
-    return out[list(by) + ["projection", "class", "support", "ppv", "recall", "f1"]]
+    keys = list(by) + ["projection"]
+    per_rep = class_metrics(table, by=keys + ["repetition"])
+    cols = ["support", "ppv", "recall", "f1"]
+    out = per_rep.groupby(keys + ["class"], sort=False, dropna=False)[cols].mean().reset_index()
+    return out[keys + ["class"] + cols]
 
 
 def projection_beside_paper(ours: pd.DataFrame) -> pd.DataFrame:

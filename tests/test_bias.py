@@ -163,3 +163,13 @@ def test_gap_ci_keeps_its_direction_and_can_cross_zero():
     gap = table.set_index(["level", "metric"]).loc[("largest gap", "sensitivity")]
     assert gap["value"] == pytest.approx(0.0)
     assert gap["ci_low"] < 0 < gap["ci_high"]
+
+
+def test_projection_metrics_average_repetitions_instead_of_pooling_them():
+    labels = ["covid19", "covid19", "control", "control"]
+    rep0 = _predictions(labels, ["covid19", "covid19", "control", "control"])  # recall 1
+    rep1 = _predictions(labels, ["covid19", "control", "control", "control"]).assign(repetition=1)
+    table = bias.projection_metrics(pd.concat([rep0, rep1]), _manifest(4, projection="PA"))
+    covid = table[table["class"] == "covid19"].iloc[0]
+    assert covid["support"] == 2  # images, not images x repetitions
+    assert covid["recall"] == pytest.approx(0.75)  # mean of 1 and 0.5
