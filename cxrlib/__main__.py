@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--manifest", help="manifest CSV of a real corpus (default: synthetic cohorts)")
     run.add_argument("--out", help="run folder (default reports/<profile>-<date>)")
     run.add_argument("--only", help="comma-separated notebook numbers, e.g. 00,03")
-    run.add_argument("--cohorts", help="synthetic cohorts to run, e.g. arias (default: arias,covidgr)")
+    run.add_argument("--cohorts", help="synthetic cohorts to run, in this order, e.g. arias (default: "
+                     "arias-noshortcut,arias,covidgr)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--kernel", default="cxr-study", help="Jupyter kernel name (default cxr-study)")
     run.set_defaults(func=_run)

@@ -409,18 +409,27 @@ def _refresh_batchnorm(generators: nn.ModuleList, classifier: nn.Module, x: torc
                        y: torch.Tensor, batch_size: int, n_batches: int, device) -> None:
     """Precise batch-norm statistics (PyTorch's ``swa_utils.update_bn``, a plain average over
     batches) for each generator from its class's images, then for the classifier from the
-    transformed images, using at most ``n_batches`` batches of ``x`` (B, 1, S, S)."""
+    transformed images, using at most ``n_batches`` batches of ``x`` (B, 1, S, S), shuffled.
+
+    The classifier trained on batches that mix the classes (each image through its own class's
+    generator), so its statistics are taken on such batches too, in ``x``'s order: batches of
+    one class would miss the variance between the classes. A generator with no image of its class
+    here keeps the statistics it trained with (``update_bn`` would otherwise leave them reset).
+    """
     from torch.optim.swa_utils import update_bn
 
     x, y = x[: n_batches * batch_size], y[: n_batches * batch_size]
-    outputs = []
+    transformed = torch.empty_like(x)  # each image through its own class's generator
     for k, g in enumerate(generators):
-        own = x[y == k]
-        batches = [own[i:i + batch_size] for i in range(0, len(own), batch_size)]
+        own = torch.nonzero(y == k).flatten()
+        if len(own) == 0:
+            continue
+        batches = [x[own[i:i + batch_size]] for i in range(0, len(own), batch_size)]
         update_bn(batches, g, device=device)
         g.eval()
-        outputs += [g(b.to(device)) for b in batches]
-    update_bn([to_network_input(o) for o in outputs if len(o) > 1], classifier, device=device)
+        transformed[own] = torch.cat([g(b.to(device)).cpu() for b in batches])
+    mixed = [transformed[i:i + batch_size] for i in range(0, len(x), batch_size)]
+    update_bn([to_network_input(b) for b in mixed if len(b) > 1], classifier, device=device)
 
 
 @torch.no_grad()

@@ -634,13 +634,14 @@ def compare_outside_energy(scores: pd.DataFrame, a: str, b: str,
 
 
 def compare_cohorts(scores_x: pd.DataFrame, scores_y: pd.DataFrame, a: str = "exp1",
-                    b: str = "exp3") -> dict:
+                    b: str = "exp3", beyond_chance: bool = False) -> dict:
     """Is the gap ``outside_a - outside_b`` (CAM mass outside the lungs, per image) larger in
     cohort x (e.g. shortcut planted) than in cohort y (e.g. its shortcut-free twin)?
 
     The per-image paired differences of each cohort (:func:`score_cams` tables) are compared with
     the one-sided Mann-Whitney U test (``scipy.stats.mannwhitneyu``, alternative ``greater``):
-    the images of two cohorts are different images, so the test is unpaired.
+    the images of two cohorts are different images, so the test is unpaired. ``beyond_chance``
+    as in :func:`compare_outside_energy`.
 
     Returns
     -------
@@ -649,8 +650,8 @@ def compare_cohorts(scores_x: pd.DataFrame, scores_y: pd.DataFrame, a: str = "ex
     """
     from scipy.stats import mannwhitneyu
 
-    dx, dy = (pairs[a] - pairs[b] for pairs in (_paired_outside(scores_x, a, b),
-                                                 _paired_outside(scores_y, a, b)))
+    dx, dy = (pairs[a] - pairs[b] for pairs in (_paired_outside(scores_x, a, b, beyond_chance),
+                                                 _paired_outside(scores_y, a, b, beyond_chance)))
     if len(dx) < 2 or len(dy) < 2:
         raise ValueError(f"need at least 2 images scored in both {a} and {b} in each cohort, "
                          f"got {len(dx)} and {len(dy)}")
@@ -658,6 +659,39 @@ def compare_cohorts(scores_x: pd.DataFrame, scores_y: pd.DataFrame, a: str = "ex
     return {"n_x": int(len(dx)), "n_y": int(len(dy)), "gap_x": float(dx.mean()),
             "gap_y": float(dy.mean()), "statistic": float(test.statistic),
             "p_value": float(test.pvalue)}
+
+
+def shortcut_comparison(planted: pd.DataFrame, clean: pd.DataFrame, a: str = "exp1",
+                        b: str = "exp3") -> pd.DataFrame:
+    """Seed 001's claim on a cohort with the shortcut planted and on its shortcut-free twin.
+
+    Parameters
+    ----------
+    planted, clean : :func:`score_cams` tables of the two cohorts (one model per experiment).
+    a, b : the experiments compared (``a`` expected to look outside the lungs more).
+
+    Returns
+    -------
+    DataFrame, one row per measure (``outside_energy``, and ``outside_energy_beyond_chance``:
+    beyond what a uniform map would put outside) with, for ``<c>`` in ``planted`` and ``clean``:
+    ``n_<c>`` (paired images), ``outside_<a>_<c>``, ``outside_<b>_<c>`` (means), ``gap_<c>``
+    (mean of ``a - b``) and ``p_<c>`` (one-sided Wilcoxon, :func:`compare_outside_energy`); then
+    ``gap_difference`` (``gap_planted - gap_clean``) and ``p_gap`` (one-sided Mann-Whitney U that
+    the planted cohort's per-image gaps are larger, :func:`compare_cohorts`).
+    """
+    rows = []
+    for measure, beyond in (("outside_energy", False), ("outside_energy_beyond_chance", True)):
+        row: dict = {"measure": measure}
+        for name, scores in (("planted", planted), ("clean", clean)):
+            within = compare_outside_energy(scores, a, b, beyond_chance=beyond)
+            row.update({f"n_{name}": within["n_pairs"], f"outside_{a}_{name}": within["outside_a"],
+                        f"outside_{b}_{name}": within["outside_b"],
+                        f"gap_{name}": within["mean_difference"], f"p_{name}": within["p_value"]})
+        between = compare_cohorts(planted, clean, a, b, beyond_chance=beyond)
+        row.update({"gap_difference": between["gap_x"] - between["gap_y"],
+                    "p_gap": between["p_value"]})
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 # --------------------------------------------------------------------------------------------

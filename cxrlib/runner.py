@@ -10,11 +10,12 @@
             NN_name.html      its rendering for reviewers (no code)
             tables/  figures/  artifacts/
 
-Without ``--manifest`` a run carries both synthetic cohorts: ``arias`` (3 classes, 8 sources,
-for seed 001's tables) and ``covidgr`` (binary, for seed 000's). With ``--manifest`` it runs one
-cohort, a real corpus. A notebook may limit itself to some presets with the notebook metadata
-``{"cxr_study": {"presets": ["covidgr"]}}``; it then runs on those synthetic cohorts and on every
-real manifest.
+Without ``--manifest`` a run carries the synthetic cohorts of :data:`cxrlib.synthetic.COHORTS`, in
+that order: ``arias-noshortcut`` (``arias`` with the shortcut removed, the control of the shortcut
+findings), ``arias`` (3 classes, 8 sources, for seed 001's tables) and ``covidgr`` (binary, for seed
+000's). With ``--manifest`` it runs one cohort, a real corpus. A notebook may limit itself to some
+synthetic cohorts with the notebook metadata ``{"cxr_study": {"presets": ["covidgr"]}}``; it then
+runs on those cohorts and on every real manifest.
 """
 from __future__ import annotations
 
@@ -32,7 +33,6 @@ from cxrlib.paths import NOTEBOOKS_DIR, REPO_ROOT, REPORTS_DIR
 from cxrlib.profiles import get_profile
 
 KERNEL_NAME = "cxr-study"
-SYNTHETIC_COHORTS = ("arias", "covidgr")
 
 
 class NotebookFailed(RuntimeError):
@@ -101,7 +101,7 @@ def list_notebooks(only: list[str] | None = None, notebooks_dir: Path = NOTEBOOK
 
 
 def notebook_presets(path: Path) -> list[str] | None:
-    """The synthetic presets a notebook declares it applies to, or None for all."""
+    """The synthetic cohorts a notebook declares it applies to, or None for all."""
     meta = json.loads(Path(path).read_text()).get("metadata", {})
     return meta.get("cxr_study", {}).get("presets")
 
@@ -240,7 +240,8 @@ def run_study(
     out_dir : run folder; default ``reports/<profile>-<date>``.
     only : notebook number prefixes to run (the others are not run; their earlier artifacts in
         ``out_dir`` are read by the ones that run).
-    cohorts : synthetic presets to run (default both); ignored with ``manifest``.
+    cohorts : synthetic cohorts to run, in this order (default every cohort of
+        :data:`cxrlib.synthetic.COHORTS`); ignored with ``manifest``.
 
     Returns the :class:`RunRecord`; raises :class:`NotebookFailed` at the first failing notebook
     after writing the index (which shows the failure).
@@ -254,10 +255,12 @@ def run_study(
         manifest = str(Path(manifest).resolve())
         names = [Path(manifest).stem]
     else:
-        names = list(cohorts or SYNTHETIC_COHORTS)
-        bad = [c for c in names if c not in SYNTHETIC_COHORTS]
+        from cxrlib.synthetic import COHORTS
+
+        names = list(cohorts or COHORTS)
+        bad = [c for c in names if c not in COHORTS]
         if bad:
-            raise ValueError(f"unknown synthetic cohort(s) {bad}; choose from {SYNTHETIC_COHORTS}")
+            raise ValueError(f"unknown synthetic cohort(s) {bad}; choose from {list(COHORTS)}")
     record = RunRecord(profile=prof.name, out_dir=str(out), seed=seed, manifest=manifest,
                        cohorts=names, started=dt.datetime.now().isoformat(timespec="seconds"),
                        versions=versions())
@@ -266,10 +269,11 @@ def run_study(
         for name in names:
             cohort_dir = out / name
             if not manifest:
-                from cxrlib.synthetic import default_cohort
+                from cxrlib.synthetic import cohort_spec, default_cohort
 
-                log(f"[{name}] synthetic cohort ({prof.name} profile)")
-                default_cohort(name, prof, seed=seed, progress=False)
+                preset, knob = cohort_spec(name)
+                log(f"[{name}] synthetic cohort ({preset} preset, shortcut {knob:g}, {prof.name} profile)")
+                default_cohort(preset, prof, seed=seed, shortcut=knob, progress=False)
             for nb in notebooks:
                 presets = notebook_presets(nb)
                 if presets is not None and not manifest and name not in presets:

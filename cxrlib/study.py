@@ -3,7 +3,7 @@
 Every notebook starts with the same parameters cell (papermill injects the values)::
 
     profile = "smoke"      # smoke | default | paper
-    cohort = "arias"       # synthetic preset used when `manifest` is empty: arias | covidgr
+    cohort = "arias"       # synthetic cohort used when `manifest` is empty: arias | arias-noshortcut | covidgr
     manifest = ""          # manifest CSV of a real corpus (empty: the synthetic cohort)
     run_dir = ""           # run folder of this cohort (empty: reports/interactive/<profile>/<cohort>)
     seed = 0               # one seed for everything random
@@ -31,7 +31,8 @@ class Study:
     Attributes
     ----------
     profile : the scale parameters.
-    cohort : the cohort's name (the synthetic preset, or the manifest's file stem).
+    cohort : the cohort's name (a synthetic cohort of :data:`cxrlib.synthetic.COHORTS`, or the
+        manifest's file stem).
     preset : the synthetic preset (``arias`` or ``covidgr``) or ``None`` for a real corpus.
     manifest : the validated manifest; ``manifest.attrs['data_root']`` is the image root.
     manifest_path : the CSV it was read from.
@@ -70,13 +71,14 @@ def open_study(
     manifest: str | Path = "",
     run_dir: str | Path = "",
     seed: int = 0,
-    shortcut: float = 1.0,
+    shortcut: float | None = None,
     progress: bool = True,
 ) -> Study:
     """Resolve a notebook's parameters into a :class:`Study`.
 
-    With an empty ``manifest`` the synthetic cohort of preset ``cohort`` at this profile is used,
-    and generated first if it is not cached yet.
+    With an empty ``manifest`` the synthetic cohort ``cohort`` (a name of
+    :data:`cxrlib.synthetic.COHORTS`: a preset and a shortcut knob) at this profile is used, and
+    generated first if it is not cached yet; ``shortcut`` overrides the cohort's knob.
     """
     prof = get_profile(profile)
     if manifest:
@@ -85,13 +87,14 @@ def open_study(
         preset = frame.attrs["meta"].get("generator", {}).get("preset")
         name = cohort or manifest_path.stem
     else:
-        from cxrlib.synthetic import default_cohort
+        from cxrlib.synthetic import cohort_spec, default_cohort
 
-        manifest_path = Path(
-            default_cohort(cohort, prof, seed=seed, shortcut=shortcut, progress=progress)
-        )
+        preset, knob = cohort_spec(cohort)
+        manifest_path = Path(default_cohort(
+            preset, prof, seed=seed, shortcut=knob if shortcut is None else shortcut,
+            progress=progress))
         frame = load_manifest(manifest_path)
-        preset, name = cohort, cohort
+        name = cohort
     root = Path(run_dir) if run_dir else REPORTS_DIR / "interactive" / prof.name / name
     return Study(
         profile=prof,

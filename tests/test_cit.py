@@ -147,6 +147,29 @@ def test_perceptual_network_substitute_is_frozen_and_described():
 P_PLUS, P_MINUS, N_PLUS, N_MINUS = range(4)
 
 
+def test_precise_batchnorm_mixes_the_classes_and_skips_an_absent_one():
+    torch.manual_seed(0)
+    n = 64
+    y = torch.tensor([0, 1] * (n // 2))
+    # class 0 near 0.2, class 1 near 0.8: most of the variance is between the classes
+    x = (0.2 + 0.6 * y.float()).view(n, 1, 1, 1) + 0.01 * torch.randn(n, 1, 4, 4)
+    generators = nn.ModuleList([nn.Identity(), nn.Identity()])
+    classifier = nn.BatchNorm2d(3)
+    cit._refresh_batchnorm(generators, classifier, x, y, batch_size=8, n_batches=8, device="cpu")
+    total_var = cit.to_network_input(x).var(dim=(0, 2, 3))
+    # single-class batches would give the within-class variance only (about 1e-4 / std^2)
+    assert torch.allclose(classifier.running_var, total_var, rtol=0.15)
+    assert torch.allclose(classifier.running_mean, cit.to_network_input(x).mean(dim=(0, 2, 3)),
+                          atol=1e-4)
+    # a generator without images of its class keeps the statistics it trained with
+    with_bn = nn.ModuleList([nn.BatchNorm2d(1), nn.BatchNorm2d(1)])
+    with_bn[1].running_mean.fill_(0.7)
+    only_class_0 = torch.zeros(n, dtype=torch.long)
+    cit._refresh_batchnorm(with_bn, nn.BatchNorm2d(3), x, only_class_0, 8, 8, "cpu")
+    assert with_bn[1].running_mean.item() == pytest.approx(0.7)
+    assert with_bn[0].running_mean.item() == pytest.approx(x.mean().item(), abs=1e-4)
+
+
 def test_sdnet_classes_follow_the_paper_order():
     assert cit.SDNET_CLASSES == ("P+", "P-", "N+", "N-")
     transformed = np.stack([np.full((2, 3, 3), -1.0), np.full((2, 3, 3), 1.0)])  # G_N, G_P
@@ -203,11 +226,28 @@ def tiny_binary(tmp_path):
     return df, views, plan, setup, tmp_path / "artifacts"
 
 
-def test_generators_never_see_their_test_fold(tiny_binary):
+def test_generators_never_see_their_test_fold(tiny_binary, monkeypatch):
     torch.set_num_threads(1)
     df, views, plan, setup, artifacts = tiny_binary
+    # record what the training loop is actually given, not only what the split files say
+    given, real_train_cit = [], cit.train_cit
+
+    def recording_train_cit(train_images, train_labels, valid_images, valid_labels, *args, **kw):
+        given.append(np.concatenate([train_images, valid_images]))
+        return real_train_cit(train_images, train_labels, valid_images, valid_labels, *args, **kw)
+
+    monkeypatch.setattr(cit, "train_cit", recording_train_cit)
     runs = cit.run_cit_crossval(views, df, plan, artifacts, setup, image_size=32, seed=0)
-    assert runs["fold"].tolist() == [0, 1]
+    assert runs["fold"].tolist() == [0, 1] and len(given) == 2
+    sdnet_paths = views[views["view"] == "sdnet"].set_index("image_id")["path"]
+    pixels = dict(zip(sdnet_paths.index, cit.load_images(list(sdnet_paths), 32)))
+    for fold, seen_images in zip(runs["fold"], given):
+        test_ids = plan.loc[plan["fold"] == fold, "image_id"]
+        test_images = {pixels[i].tobytes() for i in test_ids}
+        other_images = {pixels[i].tobytes() for i in set(pixels) - set(test_ids)}
+        seen = [image.tobytes() for image in seen_images]
+        assert all(image in other_images for image in seen)  # every image given is recognised
+        assert not set(seen) & test_images
     for run in runs.itertuples():
         split = pd.read_csv(artifacts / run.split)
         test_fold = set(plan.loc[plan["fold"] == run.fold, "image_id"])

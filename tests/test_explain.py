@@ -230,6 +230,36 @@ def test_compare_cohorts_unpaired():
         explain.compare_cohorts(planted, cohort([0.1]))
 
 
+def test_shortcut_comparison_hand_computed():
+    def cohort(gaps, area1, area3):
+        # exp3 puts half its mass outside; exp1 puts 0.5 + gap; lung areas per experiment
+        n = len(gaps)
+        return pd.DataFrame({"image_id": [f"i{k}" for k in range(n)] * 2,
+                             "experiment": ["exp1"] * n + ["exp3"] * n,
+                             "lung_energy": [0.5 - g for g in gaps] + [0.5] * n,
+                             "lung_area": [area1] * n + [area3] * n})
+    planted = cohort([0.3, 0.2, 0.4, 0.1], area1=0.3, area3=0.6)
+    clean = cohort([0.0, 0.05, -0.1], area1=0.3, area3=0.6)
+    table = explain.shortcut_comparison(planted, clean).set_index("measure")
+    assert list(table.index) == ["outside_energy", "outside_energy_beyond_chance"]
+    raw, beyond = table.loc["outside_energy"], table.loc["outside_energy_beyond_chance"]
+    assert (raw["n_planted"], raw["n_clean"]) == (4, 3)
+    assert raw["outside_exp1_planted"] == pytest.approx(0.75)
+    assert raw["outside_exp3_planted"] == pytest.approx(0.5)
+    assert raw["gap_planted"] == pytest.approx(0.25) and raw["gap_clean"] == pytest.approx(-0.05 / 3)
+    assert raw["p_planted"] == pytest.approx(1 / 16)  # four positive differences: 1 / 2^4
+    assert raw["gap_difference"] == pytest.approx(0.25 + 0.05 / 3)
+    assert raw["p_gap"] == pytest.approx(1 / 35)  # every planted gap above every clean one: 1 / C(7, 3)
+    # beyond chance: a uniform map puts 0.7 (exp1) and 0.4 (exp3) outside, so each gap drops by 0.3
+    assert beyond["outside_exp1_planted"] == pytest.approx(0.75 - 0.7)
+    assert beyond["outside_exp3_clean"] == pytest.approx(0.5 - 0.4)
+    assert beyond["gap_planted"] == pytest.approx(0.25 - 0.3)
+    assert beyond["gap_difference"] == pytest.approx(raw["gap_difference"])
+    assert beyond["p_gap"] == pytest.approx(raw["p_gap"])  # the same shift in both cohorts
+    with pytest.raises(ValueError, match="'exp3' is not in the scores"):
+        explain.shortcut_comparison(planted, clean[clean["experiment"] == "exp1"])
+
+
 def test_confident_outcomes():
     preds = pd.DataFrame({
         "image_id": list("abcdef"),

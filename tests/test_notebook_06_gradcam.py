@@ -69,3 +69,26 @@ def test_seed001_claim_answered_from_the_numbers(smoke_run):
     assert len(reading) == 1
     assert "shortcut knob = 1: planted" in reading[0]
     assert reading[0].count("**yes**") + reading[0].count("**no**") == 2  # raw and beyond chance
+
+
+def test_claim_compared_with_and_without_the_shortcut(smoke_run):
+    _, out = smoke_run
+    # arias runs after its twin, so its notebook 06 compares; the twin's found nothing to compare yet
+    assert not (out / "arias-noshortcut" / "tables" / "cam_outside_planted_vs_clean.csv").exists()
+    table = pd.read_csv(out / "arias" / "tables" / "cam_outside_planted_vs_clean.csv").set_index("measure")
+    assert list(table.index) == ["outside_energy", "outside_energy_beyond_chance"]
+    assert set(table["planted"]) == {"arias (knob 1)"} and set(table["clean"]) == {"arias-noshortcut (knob 0)"}
+    # each cohort's within-cohort test is the one its own notebook 06 wrote
+    for cohort, side in (("arias", "planted"), ("arias-noshortcut", "clean")):
+        own = pd.read_csv(out / cohort / "tables" / "cam_outside_exp1_vs_exp3.csv").set_index("measure")
+        for measure in table.index:
+            assert table.loc[measure, f"n_{side}"] == own.loc[measure, "n_pairs"]
+            assert table.loc[measure, f"gap_{side}"] == pytest.approx(own.loc[measure, "mean_difference"])
+            assert table.loc[measure, f"outside_exp1_{side}"] == pytest.approx(own.loc[measure, "exp1"])
+            assert table.loc[measure, f"p_{side}"] == pytest.approx(own.loc[measure, "p_value"])
+    assert (table["gap_difference"] - (table["gap_planted"] - table["gap_clean"])).abs().max() < 1e-9
+    assert table["p_gap"].between(0, 1).all()
+    nb = json.loads((out / "arias" / "06_gradcam.ipynb").read_text())
+    texts = ["".join(o.get("data", {}).get("text/markdown", "")) for c in nb["cells"]
+             for o in c.get("outputs", [])]
+    assert sum("Is the gap larger where the shortcut is planted?" in t for t in texts) == 1

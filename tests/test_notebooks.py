@@ -1,5 +1,5 @@
-"""Smoke runs: every notebook through papermill at the smoke profile, on both synthetic cohorts,
-checking the tables and artifacts they write.
+"""Smoke runs: every notebook through papermill at the smoke profile, on every synthetic cohort
+(``arias-noshortcut``, ``arias``, ``covidgr``), checking the tables and artifacts they write.
 
 One run of the whole study is shared by every notebook test file (the session fixture ``smoke_run``
 in ``conftest.py``, run once across pytest-xdist workers); the synthetic cohorts are generated into
@@ -14,22 +14,41 @@ import pytest
 
 from cxrlib.paths import NOTEBOOKS_DIR
 from cxrlib.runner import list_notebooks
+from cxrlib.synthetic import COHORTS
 
 pytestmark = pytest.mark.notebook
 
 
-def test_every_notebook_ran_on_both_cohorts(smoke_run):
+def test_every_notebook_ran_on_every_cohort_it_applies_to(smoke_run):
     record, out = smoke_run
     assert record.status == "ok"
+    assert record.cohorts == list(COHORTS)  # the twin without the shortcut runs first
     ran = {(r.cohort, r.notebook) for r in record.results if r.status == "ok"}
+    skipped = {(r.cohort, r.notebook) for r in record.results if r.status == "skipped"}
     for nb in list_notebooks(None, NOTEBOOKS_DIR):
         presets = json.loads(nb.read_text()).get("metadata", {}).get("cxr_study", {}).get("presets")
-        for cohort in presets or ("arias", "covidgr"):
-            assert (cohort, nb.name) in ran
-            assert (out / cohort / nb.name).is_file()
-            assert (out / cohort / (nb.stem + ".html")).stat().st_size > 10_000
+        for cohort in COHORTS:
+            if presets is None or cohort in presets:
+                assert (cohort, nb.name) in ran
+                assert (out / cohort / nb.name).is_file()
+                assert (out / cohort / (nb.stem + ".html")).stat().st_size > 10_000
+            else:
+                assert (cohort, nb.name) in skipped and not (out / cohort / nb.name).exists()
     index = (out / "index.html").read_text()
     assert "arias/00_data_audit.html" in index and "covidgr/00_data_audit.html" in index
+    assert "arias-noshortcut/06_gradcam.html" in index
+
+
+def test_twin_cohort_is_arias_without_the_shortcut(smoke_run):
+    _, out = smoke_run
+    tables = {c: pd.read_csv(out / c / "tables" / "cohort_by_class_source.csv").set_index("source")
+              for c in ("arias", "arias-noshortcut")}
+    # same preset and size: the same images per class and source; only the acquisition differs
+    pd.testing.assert_frame_equal(tables["arias"].drop(columns="patients", errors="ignore"),
+                                  tables["arias-noshortcut"].drop(columns="patients", errors="ignore"))
+    for cohort, knob in (("arias", 1.0), ("arias-noshortcut", 0.0)):
+        scores = pd.read_csv(out / cohort / "artifacts" / "cam_scores.csv")
+        assert set(scores["synth_shortcut"]) == {knob}
 
 
 def test_data_audit_tables(smoke_run):

@@ -337,7 +337,8 @@ def test_hole_filling_keeps_notches_open_to_the_border():
     assert out.sum() == 400 - 2 * 15
 
 
-def test_inference_batches_are_capped_and_give_the_same_probabilities():
+def test_inference_batches_are_capped_and_give_the_same_probabilities(monkeypatch):
+    import cxrlib.segmentation as segmentation
     from cxrlib.segmentation import CPU_ACTIVATION_BYTES, _cpu_batch_limit, predict_lung_probability
 
     torch.manual_seed(0)
@@ -349,3 +350,11 @@ def test_inference_batches_are_capped_and_give_the_same_probabilities():
     one_by_one = np.concatenate([predict_lung_probability(model, images[i:i + 1]) for i in range(5)])
     np.testing.assert_allclose(predict_lung_probability(model, images, batch_size=5), one_by_one,
                                atol=1e-6)
+    # a cap small enough to bite at 32 px: 2 images of 2 x 16 channels x 32 x 32 x 4 bytes
+    monkeypatch.setattr(segmentation, "CPU_ACTIVATION_BYTES", 2 * 32 * 32 * 32 * 4 + 1)
+    batches = []
+    hook = model.register_forward_hook(lambda module, args, out: batches.append(len(args[0])))
+    capped = predict_lung_probability(model, images, batch_size=5, device="cpu")
+    hook.remove()
+    assert batches == [2, 2, 1]
+    np.testing.assert_allclose(capped, one_by_one, atol=1e-6)

@@ -13,8 +13,8 @@ from scipy.stats import chi2_contingency, spearmanr
 from cxrlib.manifest import COLUMNS, load_manifest, read_sidecar
 from cxrlib.profiles import get_profile
 from cxrlib.synthetic import (
-    PRESETS, default_cohort, generate_cohort, lung_parts, rale_score, render_case, sample_cases,
-    severity_from_rale,
+    COHORTS, PRESETS, cohort_spec, default_cohort, generate_cohort, lung_parts, rale_score,
+    render_case, sample_cases, severity_from_rale, shortcut_twin,
 )
 from cxrlib.synthetic.cohort import cell_counts
 from cxrlib.synthetic.anatomy import keep_two_lungs
@@ -346,6 +346,35 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="n_jobs"):
         generate_cohort(tmp_path, "arias", 2, size=SIZE, n_jobs=0, progress=False)
     assert set(PRESETS) == {"arias", "covidgr"}
+
+
+def test_cohorts_name_a_preset_and_a_shortcut_knob():
+    assert cohort_spec("arias") == ("arias", 1.0)
+    assert cohort_spec("arias-noshortcut") == ("arias", 0.0)
+    assert cohort_spec("covidgr") == ("covidgr", 1.0)
+    assert list(COHORTS)[:2] == ["arias-noshortcut", "arias"]  # the twin runs first
+    assert shortcut_twin("arias") == "arias-noshortcut" and shortcut_twin("arias-noshortcut") == "arias"
+    assert shortcut_twin("covidgr") is None
+    with pytest.raises(ValueError, match="unknown synthetic cohort 'arias0'"):
+        cohort_spec("arias0")
+
+
+def test_open_study_generates_the_cohort_with_its_knob(tmp_path, monkeypatch):
+    import cxrlib.synthetic as synthetic
+    from cxrlib.study import open_study
+
+    calls = []
+
+    def fake_default_cohort(preset, profile, seed=0, shortcut=1.0, progress=True):
+        calls.append((preset, shortcut))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(synthetic, "default_cohort", fake_default_cohort)
+    for name, override, expected in (("arias-noshortcut", None, ("arias", 0.0)),
+                                     ("arias", None, ("arias", 1.0)), ("arias", 0.5, ("arias", 0.5))):
+        with pytest.raises(RuntimeError, match="stop here"):
+            open_study("smoke", name, run_dir=tmp_path, shortcut=override)
+        assert calls[-1] == expected
 
 
 # ------------------------------------------------------------------------------------------

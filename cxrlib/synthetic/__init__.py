@@ -15,7 +15,10 @@ Public API
 - :func:`rale_score`, :func:`lung_parts`, :func:`severity_from_rale`: the RALE-like extent score
   computed from masks (how a lung is split and what "involved" means is documented in
   :mod:`cxrlib.synthetic.disease`);
-- :data:`PRESETS`: ``arias`` (3 classes, 8 sources) and ``covidgr`` (binary, one source).
+- :data:`PRESETS`: ``arias`` (3 classes, 8 sources) and ``covidgr`` (binary, one source);
+- :data:`COHORTS`: the cohorts a study run carries, each a preset and a shortcut knob
+  (``arias``, its shortcut-free twin ``arias-noshortcut``, ``covidgr``); :func:`cohort_spec`,
+  :func:`shortcut_twin`.
 
 Manifest ground truth (``synth_*``)
 -----------------------------------
@@ -34,7 +37,7 @@ numbers), ``cohort`` (sampling, rendering, writing, the shortcut rule).
 """
 from .cohort import default_cohort, generate_cohort, render_case, sample_cases
 from .disease import lung_parts, rale_score, severity_from_rale
-from .presets import PRESETS
+from .presets import COHORTS, PRESETS, cohort_spec, shortcut_twin
 
-__all__ = ["PRESETS", "default_cohort", "generate_cohort", "lung_parts", "rale_score",
-           "render_case", "sample_cases", "severity_from_rale"]
+__all__ = ["COHORTS", "PRESETS", "cohort_spec", "default_cohort", "generate_cohort", "lung_parts",
+           "rale_score", "render_case", "sample_cases", "severity_from_rale", "shortcut_twin"]

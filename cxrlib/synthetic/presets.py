@@ -252,3 +252,32 @@ def get_preset(name: str | Preset) -> Preset:
         return PRESETS[name]
     except (KeyError, TypeError):
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+#: The synthetic cohorts a study run carries, in the order they run: name -> (preset, shortcut
+#: knob). ``arias-noshortcut`` is ``arias`` generated with the shortcut removed (knob 0: a
+#: patient's acquisition style, devices and projection no longer depend on its source or label),
+#: at the same size and seed: the control on which a finding about shortcuts must disappear
+#: (issue 8: is exp1's Grad-CAM mass outside the lungs higher than exp3's only when planted?).
+#: It runs before ``arias`` so that ``arias``'s notebooks can read its results.
+COHORTS: dict[str, tuple[str, float]] = {
+    "arias-noshortcut": ("arias", 0.0),
+    "arias": ("arias", 1.0),
+    "covidgr": ("covidgr", 1.0),
+}
+
+
+def cohort_spec(name: str) -> tuple[str, float]:
+    """``(preset, shortcut knob)`` of the synthetic cohort called ``name`` (see :data:`COHORTS`)."""
+    try:
+        return COHORTS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown synthetic cohort {name!r}; choose from {list(COHORTS)}") from None
+
+
+def shortcut_twin(name: str) -> str | None:
+    """The cohort of :data:`COHORTS` with ``name``'s preset and the other shortcut knob
+    (``arias`` <-> ``arias-noshortcut``), or None when there is none (``covidgr``)."""
+    preset, knob = cohort_spec(name)
+    twins = [other for other, (p, k) in COHORTS.items() if p == preset and k != knob]
+    return twins[0] if len(twins) == 1 else None
