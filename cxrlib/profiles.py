@@ -55,6 +55,9 @@ class Profile:
         by class; the same images in every experiment).
     cam_road_images : of those, how many get the ROAD faithfulness score per experiment (each
         costs a few seconds of sparse solves on a CPU).
+    cam_road_percentiles : the percentiles of the map at which ROAD removes pixels (the ROAD
+        paper and ``pytorch_grad_cam``'s ``ROADCombined`` use 10, 20, ..., 90; each costs one
+        imputation per image).
     cit_width : channel multiplier of notebook 02's class-inherent-transformation generators and
         of its randomly initialised perceptual VGG16 (1.0: the paper's 64 maps and VGG16, which
         alone can load ImageNet weights).
@@ -87,6 +90,7 @@ class Profile:
     cam_max_images: int
     cam_road_images: int
     cit_width: float
+    cam_road_percentiles: tuple[int, ...]
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -106,7 +110,7 @@ PROFILES: dict[str, Profile] = {
         cls_width=0.25, cls_folds=2, cls_fast_recipe=True, cls_binary_model="covidnet",
         cls_extra_seeds=True,
         cam_max_images=24, cam_road_images=3,
-        cit_width=0.125,
+        cit_width=0.125, cam_road_percentiles=(25, 50, 75),
     ),
     "default": Profile(
         name="default", n_arias=1200, n_covidgr=400, synth_size=256, image_size=128, seg_size=128,
@@ -117,7 +121,7 @@ PROFILES: dict[str, Profile] = {
         cls_width=0.25, cls_folds=2, cls_fast_recipe=True, cls_binary_model="covidnet",
         cls_extra_seeds=False,
         cam_max_images=150, cam_road_images=8,
-        cit_width=0.125,
+        cit_width=0.125, cam_road_percentiles=(25, 50, 75),
     ),
     "paper": Profile(
         name="paper", n_arias=8000, n_covidgr=852, synth_size=1024, image_size=224, seg_size=256,
@@ -128,7 +132,7 @@ PROFILES: dict[str, Profile] = {
         cls_width=1.0, cls_folds=5, cls_fast_recipe=False, cls_binary_model="resnet50",
         cls_extra_seeds=True,
         cam_max_images=600, cam_road_images=100,
-        cit_width=1.0,
+        cit_width=1.0, cam_road_percentiles=(10, 20, 30, 40, 50, 60, 70, 80, 90),
     ),
 }
 

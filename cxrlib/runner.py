@@ -5,7 +5,8 @@
     reports/<profile>-<date>/
         index.html            links to every report, run parameters, versions, durations
         run.json              the same, machine-readable
-        <cohort>/             one folder per cohort (arias, covidgr, or a real manifest's name)
+        <cohort>/             one folder per cohort (arias-noshortcut, arias, covidgr, or a real
+                              manifest's name)
             NN_name.ipynb     the executed notebook
             NN_name.html      its rendering for reviewers (no code)
             tables/  figures/  artifacts/
@@ -14,7 +15,7 @@ Without ``--manifest`` a run carries the synthetic cohorts of :data:`cxrlib.synt
 that order: ``arias-noshortcut`` (``arias`` with the shortcut removed, the control of the shortcut
 findings), ``arias`` (3 classes, 8 sources, for seed 001's tables) and ``covidgr`` (binary, for seed
 000's). With ``--manifest`` it runs one cohort, a real corpus. A notebook may limit itself to some
-synthetic cohorts with the notebook metadata ``{"cxr_study": {"presets": ["covidgr"]}}``; it then
+synthetic cohorts with the notebook metadata ``{"cxr_study": {"cohorts": ["covidgr"]}}``; it then
 runs on those cohorts and on every real manifest.
 """
 from __future__ import annotations
@@ -100,10 +101,11 @@ def list_notebooks(only: list[str] | None = None, notebooks_dir: Path = NOTEBOOK
     return found
 
 
-def notebook_presets(path: Path) -> list[str] | None:
-    """The synthetic cohorts a notebook declares it applies to, or None for all."""
+def notebook_cohorts(path: Path) -> list[str] | None:
+    """The synthetic cohorts a notebook declares it applies to (names of
+    :data:`cxrlib.synthetic.COHORTS`), or None for all."""
     meta = json.loads(Path(path).read_text()).get("metadata", {})
-    return meta.get("cxr_study", {}).get("presets")
+    return meta.get("cxr_study", {}).get("cohorts")
 
 
 def check_kernel(kernel_name: str) -> None:
@@ -275,8 +277,8 @@ def run_study(
                 log(f"[{name}] synthetic cohort ({preset} preset, shortcut {knob:g}, {prof.name} profile)")
                 default_cohort(preset, prof, seed=seed, shortcut=knob, progress=False)
             for nb in notebooks:
-                presets = notebook_presets(nb)
-                if presets is not None and not manifest and name not in presets:
+                applies_to = notebook_cohorts(nb)
+                if applies_to is not None and not manifest and name not in applies_to:
                     record.results.append(NotebookResult(nb.name, name, "skipped"))
                     log(f"[{name}] {nb.stem}: not for this cohort, skipped")
                     continue

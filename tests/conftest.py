@@ -53,7 +53,7 @@ def tiny_cohort(tmp_path):
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
-    """(RunRecord, run folder) of one smoke-profile run of the whole study on both synthetic cohorts.
+    """(RunRecord, run folder) of one smoke-profile run of the whole study on every synthetic cohort.
 
     Run once per test session even under pytest-xdist: the first worker to take the lock runs the
     study into the session's shared temporary folder and the others wait and read it. A failed run

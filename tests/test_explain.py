@@ -260,6 +260,25 @@ def test_shortcut_comparison_hand_computed():
         explain.shortcut_comparison(planted, clean[clean["experiment"] == "exp1"])
 
 
+def test_twin_mismatch_names_what_differs():
+    def scores(knob, **settings):
+        base = {"profile": "smoke", "seed": 0, "cam_target": "label", "lung_dilation": 0.02}
+        return pd.DataFrame({"image_id": ["a", "a"], "experiment": ["exp1", "exp3"],
+                             "lung_energy": [0.4, 0.5], "lung_area": [0.5, 0.6],
+                             "synth_shortcut": knob, **{**base, **settings}})
+    assert explain.twin_mismatch(scores(1.0), scores(0.0)) is None
+    assert "not above" in explain.twin_mismatch(scores(0.0), scores(1.0))
+    assert "not above" in explain.twin_mismatch(scores(1.0), scores(1.0))
+    assert "one synthetic shortcut knob" in explain.twin_mismatch(scores(np.nan), scores(0.0))
+    assert "one synthetic shortcut knob" in explain.twin_mismatch(
+        scores(1.0), scores(0.0).drop(columns="synth_shortcut"))
+    assert explain.twin_mismatch(scores(1.0), scores(0.0, seed=1)) == "`seed` differs or is missing (0 vs 1)"
+    assert "`cam_target`" in explain.twin_mismatch(scores(1.0), scores(0.0, cam_target="predicted"))
+    assert "`profile`" in explain.twin_mismatch(scores(1.0), scores(0.0).drop(columns="profile"))
+    only_exp1 = scores(0.0).iloc[:1]
+    assert explain.twin_mismatch(scores(1.0), only_exp1) == "the clean cohort has no scores of ['exp3']"
+
+
 def test_confident_outcomes():
     preds = pd.DataFrame({
         "image_id": list("abcdef"),

@@ -8,11 +8,13 @@ from cxrlib.profiles import get_profile
 
 pytestmark = pytest.mark.notebook
 
-EXPERIMENTS = {"arias": {"exp1", "exp2", "exp3"}, "covidgr": {"exp1", "sdnet", "sdnet@no_npcr"}}
-CLASSES = {"arias": {"control", "pneumonia", "covid19"}, "covidgr": {"control", "covid19"}}
+EXPERIMENTS = {"arias": {"exp1", "exp2", "exp3"}, "arias-noshortcut": {"exp1", "exp2", "exp3"},
+               "covidgr": {"exp1", "sdnet", "sdnet@no_npcr"}}
+CLASSES = {"arias": {"control", "pneumonia", "covid19"}, "arias-noshortcut": {"control", "pneumonia", "covid19"},
+           "covidgr": {"control", "covid19"}}
 
 
-@pytest.mark.parametrize("cohort", ["arias", "covidgr"])
+@pytest.mark.parametrize("cohort", sorted(EXPERIMENTS))
 def test_cam_localisation_table(smoke_run, cohort):
     _, out = smoke_run
     table = pd.read_csv(out / cohort / "tables" / "cam_localisation.csv")
@@ -39,7 +41,7 @@ def test_cam_localisation_table(smoke_run, cohort):
     assert (table["n_lesion"] <= table["n_images"]).all()
 
 
-@pytest.mark.parametrize("cohort", ["arias", "covidgr"])
+@pytest.mark.parametrize("cohort", sorted(EXPERIMENTS))
 def test_cam_faithfulness_table(smoke_run, cohort):
     _, out = smoke_run
     table = pd.read_csv(out / cohort / "tables" / "cam_faithfulness.csv")
@@ -53,7 +55,7 @@ def test_cam_faithfulness_table(smoke_run, cohort):
 
 def test_gradcam_figures(smoke_run):
     _, out = smoke_run
-    for cohort in ("arias", "covidgr"):
+    for cohort in EXPERIMENTS:
         assert (out / cohort / "figures" / "gradcam_by_class.png").stat().st_size > 10_000
     why = out / "covidgr" / "figures" / "gradcam_why_positive_negative.png"
     assert why.stat().st_size > 10_000
@@ -92,3 +94,9 @@ def test_claim_compared_with_and_without_the_shortcut(smoke_run):
     texts = ["".join(o.get("data", {}).get("text/markdown", "")) for c in nb["cells"]
              for o in c.get("outputs", [])]
     assert sum("Is the gap larger where the shortcut is planted?" in t for t in texts) == 1
+    twin = json.loads((out / "arias-noshortcut" / "06_gradcam.ipynb").read_text())
+    twin_texts = ["".join(o.get("data", {}).get("text/markdown", "")) for c in twin["cells"]
+                  for o in c.get("outputs", [])]
+    assert any("no planted shortcut (knob 0)" in t and "`arias`" in t for t in twin_texts)
+    scores = pd.read_csv(out / "arias" / "artifacts" / "cam_scores.csv")
+    assert set(scores["profile"]) == {"smoke"} and set(scores["cam_target"]) == {"label"}

@@ -26,9 +26,9 @@ def test_every_notebook_ran_on_every_cohort_it_applies_to(smoke_run):
     ran = {(r.cohort, r.notebook) for r in record.results if r.status == "ok"}
     skipped = {(r.cohort, r.notebook) for r in record.results if r.status == "skipped"}
     for nb in list_notebooks(None, NOTEBOOKS_DIR):
-        presets = json.loads(nb.read_text()).get("metadata", {}).get("cxr_study", {}).get("presets")
+        applies_to = json.loads(nb.read_text()).get("metadata", {}).get("cxr_study", {}).get("cohorts")
         for cohort in COHORTS:
-            if presets is None or cohort in presets:
+            if applies_to is None or cohort in applies_to:
                 assert (cohort, nb.name) in ran
                 assert (out / cohort / nb.name).is_file()
                 assert (out / cohort / (nb.stem + ".html")).stat().st_size > 10_000
@@ -71,7 +71,7 @@ def test_data_audit_tables(smoke_run):
 
 def test_split_plan_artifact(smoke_run):
     _, out = smoke_run
-    for cohort in ("arias", "covidgr"):
+    for cohort in COHORTS:
         plan = pd.read_csv(out / cohort / "artifacts" / "split_plan.csv")
         assert plan.groupby(["repetition", "group"])["fold"].nunique().max() == 1
         assert set(plan["fold"]) == {0, 1}  # smoke profile: 2 folds
@@ -85,7 +85,7 @@ def test_figures_written(smoke_run):
 
 def test_lung_segmentation_tables(smoke_run):
     _, out = smoke_run
-    for cohort, n_images in (("arias", 120), ("covidgr", 64)):
+    for cohort, n_images in (("arias-noshortcut", 120), ("arias", 120), ("covidgr", 64)):
         tables = out / cohort / "tables"
         qc = pd.read_csv(tables / "segmentation_qc.csv").set_index("source")
         assert qc.loc["total", "images"] == n_images
@@ -116,7 +116,7 @@ def test_lung_segmentation_tables(smoke_run):
 
 def test_lung_segmentation_artifacts_and_views(smoke_run):
     _, out = smoke_run
-    for cohort in ("arias", "covidgr"):
+    for cohort in COHORTS:
         artifacts = out / cohort / "artifacts"
         assert (artifacts / "unet_lung.pt").stat().st_size > 10_000
         assert json.loads((artifacts / "unet_lung.json").read_text())["size"] == 64  # smoke

@@ -10,6 +10,11 @@ def test_three_profiles_scale_up():
     # the paper profile uses the papers' own settings
     assert (p.image_size, p.folds, p.repetitions, p.width) == (224, 5, 5, 1.0)
     assert p.epochs == 24  # seed 001's COVID-Net variant
+    # ROAD at the ROAD paper's nine percentiles; fewer, increasing, inside (0, 100) elsewhere
+    assert p.cam_road_percentiles == tuple(range(10, 100, 10))
+    for prof in (s, d, p):
+        q = prof.cam_road_percentiles
+        assert list(q) == sorted(set(q)) and 0 < q[0] and q[-1] < 100
 
 
 def test_unknown_profile_and_overrides():
