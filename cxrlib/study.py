@@ -13,6 +13,7 @@ and then calls ``study = open_study(profile, cohort, manifest, run_dir, seed)``.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,21 @@ class Study:
         """Absolute path of a manifest row's image."""
         return self.data_root / row["path"]
 
+    @property
+    def shortcut(self) -> float | None:
+        """The synthetic shortcut knob of the cohort (``synth_shortcut``), None when it has none
+        or more than one."""
+        if "synth_shortcut" not in self.manifest.columns:
+            return None
+        knobs = self.manifest["synth_shortcut"].dropna().unique()
+        return float(knobs[0]) if len(knobs) == 1 else None
+
+    def stamp(self) -> dict:
+        """What identifies this cohort's run for a comparison with another run folder: cohort,
+        preset, shortcut knob, profile and seed (written to ``artifacts/study.json``)."""
+        return {"cohort": self.cohort, "preset": self.preset, "shortcut": self.shortcut,
+                "profile": self.profile.name, "seed": self.seed}
+
 
 def open_study(
     profile: str | Profile = "smoke",
@@ -96,7 +112,7 @@ def open_study(
         frame = load_manifest(manifest_path)
         name = cohort
     root = Path(run_dir) if run_dir else REPORTS_DIR / "interactive" / prof.name / name
-    return Study(
+    study = Study(
         profile=prof,
         cohort=name,
         preset=preset,
@@ -105,3 +121,50 @@ def open_study(
         run=RunFolder(root),
         seed=int(seed),
     )
+    study.run.artifact(STAMP_FILE).write_text(json.dumps(study.stamp(), indent=1))
+    return study
+
+
+#: The file in a cohort's ``artifacts/`` that :func:`open_study` writes with :meth:`Study.stamp`.
+STAMP_FILE = "study.json"
+
+
+def shortcut_twin_run(study: Study, twin_run_dir: str | Path = "") -> tuple[Path | None, str]:
+    """The run folder of the cohort's shortcut-free twin, for comparisons made by the planted one.
+
+    The twin is ``twin_run_dir`` if given, else the sibling folder of the run named by
+    :func:`cxrlib.synthetic.shortcut_twin` (``arias`` -> ``arias-noshortcut``). It is returned
+    only when this cohort has a planted shortcut (knob > 0) and the twin's ``artifacts/study.json``
+    shows a lower knob with the same preset, profile and seed.
+
+    Returns
+    -------
+    (folder, "") or (None, a clause that says why there is no comparison).
+    """
+    from cxrlib.synthetic import COHORTS, shortcut_twin
+
+    if study.shortcut is None:
+        return None, "this cohort has no synthetic shortcut knob, so nothing planted to compare"
+    if twin_run_dir:
+        folder = Path(twin_run_dir)
+    elif study.cohort in COHORTS and shortcut_twin(study.cohort):
+        folder = study.run.root.parent / shortcut_twin(study.cohort)
+    else:
+        return None, (f"cohort `{study.cohort}` has no shortcut twin "
+                      "(set `twin_run_dir` to compare with one)")
+    if not study.shortcut > 0:
+        return None, (f"this cohort has no planted shortcut (knob {study.shortcut:g}); the planted "
+                      f"cohort `{folder.name}` reports the comparison")
+    stamp_path = folder / "artifacts" / STAMP_FILE
+    if not stamp_path.is_file():
+        return None, (f"the twin `{folder.name}` has not been run in this run folder yet; run it first "
+                      "(`python -m cxrlib run --cohorts arias-noshortcut,arias`)")
+    twin, ours = json.loads(stamp_path.read_text()), study.stamp()
+    for key in ("preset", "profile", "seed"):
+        if twin.get(key) != ours[key]:
+            return None, (f"the twin `{folder.name}` was run with {key} {twin.get(key)!r} and this "
+                          f"cohort with {ours[key]!r}; rerun it with this run's settings")
+    if twin.get("shortcut") is None or not twin["shortcut"] < study.shortcut:
+        return None, (f"the twin `{folder.name}` has shortcut knob {twin.get('shortcut')}, not below "
+                      f"this cohort's {study.shortcut:g}")
+    return folder, ""
