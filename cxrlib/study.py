@@ -3,7 +3,8 @@
 Every notebook starts with the same parameters cell (papermill injects the values)::
 
     profile = "smoke"      # smoke | default | paper
-    cohort = "arias"       # synthetic cohort used when `manifest` is empty: arias | arias-noshortcut | covidgr
+    cohort = "arias"       # synthetic cohort used when `manifest` is empty: arias | arias-noshortcut
+                           # | covidgr
     manifest = ""          # manifest CSV of a real corpus (empty: the synthetic cohort)
     run_dir = ""           # run folder of this cohort (empty: reports/interactive/<profile>/<cohort>)
     seed = 0               # one seed for everything random

@@ -10,8 +10,8 @@ pytestmark = pytest.mark.notebook
 
 EXPERIMENTS = {"arias": {"exp1", "exp2", "exp3"}, "arias-noshortcut": {"exp1", "exp2", "exp3"},
                "covidgr": {"exp1", "sdnet", "sdnet@no_npcr"}}
-CLASSES = {"arias": {"control", "pneumonia", "covid19"}, "arias-noshortcut": {"control", "pneumonia", "covid19"},
-           "covidgr": {"control", "covid19"}}
+CLASSES = {"arias": {"control", "pneumonia", "covid19"},
+           "arias-noshortcut": {"control", "pneumonia", "covid19"}, "covidgr": {"control", "covid19"}}
 
 
 @pytest.mark.parametrize("cohort", sorted(EXPERIMENTS))
@@ -79,7 +79,8 @@ def test_claim_compared_with_and_without_the_shortcut(smoke_run):
     assert not (out / "arias-noshortcut" / "tables" / "cam_outside_planted_vs_clean.csv").exists()
     table = pd.read_csv(out / "arias" / "tables" / "cam_outside_planted_vs_clean.csv").set_index("measure")
     assert list(table.index) == ["outside_energy", "outside_energy_beyond_chance"]
-    assert set(table["planted"]) == {"arias (knob 1)"} and set(table["clean"]) == {"arias-noshortcut (knob 0)"}
+    assert set(table["planted"]) == {"arias (knob 1)"}
+    assert set(table["clean"]) == {"arias-noshortcut (knob 0)"}
     # each cohort's within-cohort test is the one its own notebook 06 wrote
     for cohort, side in (("arias", "planted"), ("arias-noshortcut", "clean")):
         own = pd.read_csv(out / cohort / "tables" / "cam_outside_exp1_vs_exp3.csv").set_index("measure")
