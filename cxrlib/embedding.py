@@ -16,7 +16,7 @@ the pooled features of the other networks; :func:`cxrlib.predictions.load_embedd
   distances t-SNE does not preserve;
 - :func:`embedding_purity`, :func:`summarize_purity`, :func:`purity_reading`: the purity of every
   trained fold, its mean +- sd over folds (``tables/embedding_purity.csv``) and a sentence read
-  from it; :func:`purity_beside_twin`: the same with and without the planted shortcut;
+  from it;
 - :func:`tsne_frame`, :func:`plot_tsne`: the t-SNE coordinates of one fold per experiment and the
   seaborn figures.
 
@@ -376,11 +376,15 @@ def embedding_purity(
     return pd.concat(tables, ignore_index=True), notes
 
 
+#: Columns that identify a row of :func:`summarize_purity`.
+PURITY_KEYS = [*MODEL_KEY, "split", "factor", "within"]
+
+
 def summarize_purity(per_fold: pd.DataFrame) -> pd.DataFrame:
     """Mean and sd over folds of :data:`PURITY_METRICS`, per (experiment, model, method, split,
     factor, within), with ``k``, the fewest ``pca_dims``, the mean ``n_images`` and the most
     ``n_groups`` (``tables/embedding_purity.csv``)."""
-    by = [*MODEL_KEY, "split", "factor", "within"]
+    by = PURITY_KEYS
     out = summarize(per_fold, by=by, metrics=list(PURITY_METRICS))
     extra = per_fold.groupby(by, sort=False).agg(
         k=("k", "first"), pca_dims=("pca_dims", "min"), n_images=("n_images", "mean"),
@@ -425,25 +429,6 @@ def purity_reading(summary: pd.DataFrame, split: str = "test") -> str:
     return (f"On the {split} images (purity vs chance, and in brackets the share of the way from "
             f"chance to pure, k = {int(part['k'].iloc[0])} neighbours in the PCA space of "
             f"{int(part['pca_dims'].max())} dimensions, mean over {int(part['n_runs'].max())} fold(s)): " + "; ".join(clauses) + ".")
-
-
-def purity_beside_twin(planted: pd.DataFrame, clean: pd.DataFrame) -> pd.DataFrame:
-    """:func:`summarize_purity` tables of a cohort with the shortcut planted and of its
-    shortcut-free twin, side by side.
-
-    Returns one row per (experiment, model, method, split, factor, within) present in both, with
-    ``above_chance_planted``, ``above_chance_clean`` (each the mean over folds) and
-    ``difference`` (planted minus clean; positive where the shortcut made neighbourhoods purer).
-    """
-    keys = [*MODEL_KEY, "split", "factor", "within"]
-    def side(table, name):
-        out = table[keys + ["above_chance_mean"]].copy()
-        within = out["within"].astype(object)
-        out["within"] = within.where(within.notna(), "").astype(str)
-        return out.rename(columns={"above_chance_mean": f"above_chance_{name}"})
-    both = side(planted, "planted").merge(side(clean, "clean"), on=keys, how="inner")
-    both["difference"] = both["above_chance_planted"] - both["above_chance_clean"]
-    return both
 
 
 # --------------------------------------------------------------------------------------------

@@ -382,6 +382,29 @@ def verdicts(probes: pd.DataFrame, margin: float = VERDICT_MARGIN,
                                        "gain_ci_low", "margin", "answer"])
 
 
+def verdicts_against_truth(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Do a synthetic cohort's verdicts match what was planted?
+
+    ``verdicts``: :func:`verdicts` tables of one or more cohorts, with the columns ``cohort`` and
+    ``synth_shortcut`` (the knob). The planted truth is "yes" to every question when the knob is
+    at least 0.5 (the shortcut planted) and "no" when below; a cohort without a knob (a real
+    corpus) has no truth.
+
+    Returns one row per cohort: ``cohort``, ``synth_shortcut``, ``truth`` ("yes" / "no"; missing
+    without a knob), ``n_questions`` and ``all_match`` (every answer equals the truth; missing
+    without a truth).
+    """
+    rows = []
+    for cohort, part in verdicts.groupby("cohort", sort=False):
+        knob = part["synth_shortcut"].iloc[0]
+        truth = None if pd.isna(knob) else ("yes" if knob >= 0.5 else "no")
+        rows.append({"cohort": cohort, "synth_shortcut": knob, "truth": truth,
+                     "n_questions": len(part),
+                     "all_match": None if truth is None else bool((part["answer"] == truth).all())})
+    return pd.DataFrame(rows, columns=["cohort", "synth_shortcut", "truth", "n_questions",
+                                       "all_match"])
+
+
 # --------------------------------------------------------------------------------------------
 # COVID-Net probes (run_crossval)
 

@@ -169,3 +169,29 @@ def shortcut_twin_run(study: Study, twin_run_dir: str | Path = "") -> tuple[Path
         return None, (f"the twin `{folder.name}` has shortcut knob {twin.get('shortcut')}, not below "
                       f"this cohort's {study.shortcut:g}")
     return folder, ""
+
+
+def beside_twin(planted: pd.DataFrame, clean: pd.DataFrame, keys: list[str],
+                value: str) -> pd.DataFrame:
+    """A table of the planted cohort and the same table of its shortcut-free twin, side by side.
+
+    Parameters
+    ----------
+    planted, clean : the two cohorts' tables (e.g. ``embedding_purity``, ``cv_global``).
+    keys : columns that identify a row in both (missing values match missing values).
+    value : the column compared.
+
+    Returns
+    -------
+    DataFrame with ``keys``, ``<value>_planted``, ``<value>_clean`` and ``difference`` (planted
+    minus clean), one row per key present in both tables.
+    """
+    def side(table, name):
+        out = table[keys + [value]].copy()
+        for key in keys:  # NaN keys (e.g. an empty `within`) would never match in a merge
+            column = out[key].astype(object)
+            out[key] = column.where(column.notna(), "")
+        return out.rename(columns={value: f"{value}_{name}"})
+    both = side(planted, "planted").merge(side(clean, "clean"), on=keys, how="inner")
+    both["difference"] = both[f"{value}_planted"] - both[f"{value}_clean"]
+    return both

@@ -221,16 +221,3 @@ def test_tsne_frame_and_figures(tmp_path):
     with pytest.raises(ValueError, match="no 'severity' column"):
         embedding.plot_tsne(frame, group="severity")
 
-
-def test_purity_beside_twin_pairs_rows_and_subtracts():
-    def table(values):
-        return pd.DataFrame({
-            "experiment": ["exp1", "exp1", "exp3"], "model": "covidnet", "method": "fast",
-            "split": "test", "factor": ["source", "source", "source"],
-            "within": [np.nan, "label", np.nan], "above_chance_mean": values})
-    planted = table([0.30, 0.12, 0.20])
-    clean = table([0.05, -0.01, 0.02]).iloc[:2]  # exp3 only in the planted cohort
-    beside = embedding.purity_beside_twin(planted, clean)
-    assert len(beside) == 2 and list(beside["within"]) == ["", "label"]
-    assert beside["difference"].tolist() == pytest.approx([0.25, 0.13])
-    assert beside["above_chance_clean"].tolist() == pytest.approx([0.05, -0.01])

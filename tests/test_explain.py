@@ -261,22 +261,24 @@ def test_shortcut_comparison_hand_computed():
 
 
 def test_twin_mismatch_names_what_differs():
-    def scores(knob, **settings):
-        base = {"profile": "smoke", "seed": 0, "cam_target": "label", "lung_dilation": 0.02}
+    def scores(**settings):
+        base = {"cam_target": "label", "lung_dilation": 0.02}
         return pd.DataFrame({"image_id": ["a", "a"], "experiment": ["exp1", "exp3"],
-                             "lung_energy": [0.4, 0.5], "lung_area": [0.5, 0.6],
-                             "synth_shortcut": knob, **{**base, **settings}})
-    assert explain.twin_mismatch(scores(1.0), scores(0.0)) is None
-    assert "not above" in explain.twin_mismatch(scores(0.0), scores(1.0))
-    assert "not above" in explain.twin_mismatch(scores(1.0), scores(1.0))
-    assert "one synthetic shortcut knob" in explain.twin_mismatch(scores(np.nan), scores(0.0))
-    assert "one synthetic shortcut knob" in explain.twin_mismatch(
-        scores(1.0), scores(0.0).drop(columns="synth_shortcut"))
-    assert explain.twin_mismatch(scores(1.0), scores(0.0, seed=1)) == "`seed` differs or is missing (0 vs 1)"
-    assert "`cam_target`" in explain.twin_mismatch(scores(1.0), scores(0.0, cam_target="predicted"))
-    assert "`profile`" in explain.twin_mismatch(scores(1.0), scores(0.0).drop(columns="profile"))
-    only_exp1 = scores(0.0).iloc[:1]
-    assert explain.twin_mismatch(scores(1.0), only_exp1) == "the clean cohort has no scores of ['exp3']"
+                             "lung_energy": [0.4, 0.5], "lung_area": [0.5, 0.6], **{**base, **settings}})
+    assert explain.twin_mismatch(scores(), scores()) is None
+    assert explain.twin_mismatch(scores(), scores(cam_target="predicted")) == \
+        "`cam_target` differs or is missing (label vs predicted)"
+    assert "`lung_dilation`" in explain.twin_mismatch(scores(), scores(lung_dilation=0.05))
+    assert "`cam_target`" in explain.twin_mismatch(scores().drop(columns="cam_target"), scores())
+    only_exp1 = scores().iloc[:1]
+    assert explain.twin_mismatch(scores(), only_exp1) == "the clean cohort has no scores of ['exp3']"
+
+
+def test_claim_answer_needs_significance_and_direction():
+    assert explain.claim_answer(0.01, 0.2) == "yes"
+    assert explain.claim_answer(0.05, 0.2) == "no"  # not below alpha
+    assert explain.claim_answer(0.01, -0.2) == "no"  # significant, but the other way
+    assert explain.claim_answer(0.2, 0.3, alpha=0.25) == "yes"
 
 
 def test_confident_outcomes():

@@ -1,4 +1,6 @@
 """Notebook 04 (bias and shortcut analysis) in the smoke run of the whole study."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -71,6 +73,13 @@ def test_probes_on_given_and_twin_cohorts(smoke_run):
     assert set(verdicts["question"]) == set(QUESTIONS)
     assert set(verdicts["answer"]) <= {"yes", "no"}
     assert len(verdicts) == 2 * len(QUESTIONS)
+    # the reading checks each cohort against what was planted
+    nb = json.loads((out / "arias" / "04_bias_analysis.ipynb").read_text())
+    texts = ["".join(o.get("data", {}).get("text/markdown", "")) for c in nb["cells"]
+             for o in c.get("outputs", [])]
+    reading = [t for t in texts if "Do all verdicts match what was planted?" in t]
+    assert len(reading) == 1
+    assert "given cohort (shortcut planted)" in reading[0] and "twin cohort (shortcut absent)" in reading[0]
 
 
 def test_external_validation_table(smoke_run):

@@ -95,6 +95,6 @@ def test_purity_with_and_without_the_shortcut(smoke_run):
     assert len(beside) == len(planted.index.intersection(clean.index)) > 0
     for row in beside.itertuples():
         key = tuple(getattr(row, k) for k in KEY)
-        assert row.above_chance_planted == pytest.approx(planted.loc[key, "above_chance_mean"])
-        assert row.above_chance_clean == pytest.approx(clean.loc[key, "above_chance_mean"])
-        assert row.difference == pytest.approx(row.above_chance_planted - row.above_chance_clean)
+        assert row.above_chance_mean_planted == pytest.approx(planted.loc[key, "above_chance_mean"])
+        assert row.above_chance_mean_clean == pytest.approx(clean.loc[key, "above_chance_mean"])
+        assert row.difference == pytest.approx(row.above_chance_mean_planted - row.above_chance_mean_clean)

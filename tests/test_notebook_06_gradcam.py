@@ -100,4 +100,10 @@ def test_claim_compared_with_and_without_the_shortcut(smoke_run):
                   for o in c.get("outputs", [])]
     assert any("no planted shortcut (knob 0)" in t and "`arias`" in t for t in twin_texts)
     scores = pd.read_csv(out / "arias" / "artifacts" / "cam_scores.csv")
-    assert set(scores["profile"]) == {"smoke"} and set(scores["cam_target"]) == {"label"}
+    assert set(scores["cam_target"]) == {"label"} and set(scores["lung_dilation"]) == {0.02}
+    # balanced accuracy with and without the shortcut: notebook 03's numbers of each cohort
+    accuracy = pd.read_csv(out / "arias" / "tables" / "cv_planted_vs_clean.csv").set_index("experiment")
+    for cohort, side in (("arias", "planted"), ("arias-noshortcut", "clean")):
+        own = pd.read_csv(out / cohort / "tables" / "cv_global.csv").set_index("experiment")
+        own = own.loc[accuracy.index, "balanced_accuracy_mean"]
+        assert accuracy[f"balanced_accuracy_mean_{side}"].to_numpy() == pytest.approx(own.to_numpy())

@@ -134,3 +134,16 @@ def test_probe_settings_per_profile():
     assert (smoke.image_size, smoke.epochs) == (64, 1)
     assert (default.image_size, default.epochs, default.n_boot) == (64, 3, 500)
     assert (paper.image_size, paper.epochs) == (224, 24)
+
+
+def test_verdicts_against_truth_by_hand():
+    table = pd.DataFrame({
+        "cohort": ["given"] * 2 + ["twin"] * 2 + ["real"] * 2,
+        "synth_shortcut": [1.0, 1.0, 0.0, 0.0, np.nan, np.nan],
+        "question": ["q1", "q2"] * 3,
+        "answer": ["yes", "yes", "no", "yes", "yes", "no"]})
+    out = shortcuts.verdicts_against_truth(table).set_index("cohort")
+    assert out.loc["given", "truth"] == "yes" and out.loc["given", "all_match"] == True  # noqa: E712
+    assert out.loc["twin", "truth"] == "no" and out.loc["twin", "all_match"] == False  # noqa: E712
+    assert pd.isna(out.loc["real", "truth"]) and pd.isna(out.loc["real", "all_match"])
+    assert out["n_questions"].tolist() == [2, 2, 2]

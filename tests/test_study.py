@@ -1,12 +1,13 @@
 """open_study's stamp and the lookup of a cohort's shortcut-free twin run."""
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from cxrlib.profiles import get_profile
 from cxrlib.run_folder import RunFolder
-from cxrlib.study import STAMP_FILE, Study, shortcut_twin_run
+from cxrlib.study import STAMP_FILE, Study, beside_twin, shortcut_twin_run
 
 
 def _study(root, cohort="arias", knob=1.0, seed=0, profile="smoke", preset="arias"):
@@ -58,3 +59,16 @@ def test_twin_with_another_profile_or_preset_is_refused(tmp_path, bad):
     _study(tmp_path, cohort="arias-noshortcut", knob=0.0, **kwargs)
     folder, why = shortcut_twin_run(planted)
     assert folder is None and bad in why
+
+
+def test_beside_twin_pairs_rows_with_missing_keys_and_subtracts():
+    def table(values):
+        return pd.DataFrame({"experiment": ["exp1", "exp1", "exp3"], "factor": "source",
+                             "within": [np.nan, "label", np.nan], "above_chance_mean": values})
+    planted = table([0.30, 0.12, 0.20])
+    clean = table([0.05, -0.01, 0.02]).iloc[:2]  # exp3 only in the planted cohort
+    beside = beside_twin(planted, clean, ["experiment", "factor", "within"], "above_chance_mean")
+    assert len(beside) == 2 and list(beside["within"]) == ["", "label"]
+    assert beside["difference"].tolist() == pytest.approx([0.25, 0.13])
+    assert beside["above_chance_mean_clean"].tolist() == pytest.approx([0.05, -0.01])
+    assert beside["above_chance_mean_planted"].tolist() == pytest.approx([0.30, 0.12])

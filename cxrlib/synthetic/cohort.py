@@ -95,19 +95,24 @@ def _largest_remainder(total: int, weights: np.ndarray, floor: int = 0) -> np.nd
     return counts
 
 
+def _fraction(name: str, value) -> float:
+    """``value`` as a float in [0, 1], or a ValueError naming ``name``."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
 def _check_args(preset, n_images, seed, shortcut):
     preset = get_preset(preset)
     if isinstance(n_images, bool) or not isinstance(n_images, (int, np.integer)) or n_images < 1:
         raise ValueError(f"n_images must be an integer >= 1, got {n_images!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    try:
-        shortcut = float(shortcut)
-    except (TypeError, ValueError):
-        raise ValueError(f"shortcut must be a number in [0, 1], got {shortcut!r}") from None
-    if not 0.0 <= shortcut <= 1.0:
-        raise ValueError(f"shortcut must be in [0, 1], got {shortcut}")
-    return preset, int(n_images), int(seed), shortcut
+    return preset, int(n_images), int(seed), _fraction("shortcut", shortcut)
 
 
 def cell_counts(preset, n_images: int) -> pd.DataFrame:
@@ -439,12 +444,7 @@ def dicom_plan(n_images: int, dicom_share: float, seed: int) -> dict[int, dict]:
     8-bit grey level: 4, 8 or 16), "offset" (fraction of the free stored range below the
     image, in [0, 1))}``.
     """
-    try:
-        dicom_share = float(dicom_share)
-    except (TypeError, ValueError):
-        raise ValueError(f"dicom_share must be a number in [0, 1], got {dicom_share!r}") from None
-    if not 0.0 <= dicom_share <= 1.0:
-        raise ValueError(f"dicom_share must be in [0, 1], got {dicom_share}")
+    dicom_share = _fraction("dicom_share", dicom_share)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(3,)))
     chosen = rng.permutation(n_images)[:int(round(dicom_share * n_images))]
     kinds = [("MONOCHROME2", "window"), ("MONOCHROME1", "lut"), ("MONOCHROME1", "window"),
