@@ -24,25 +24,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from cxrlib.images import read_image, read_mask
 from cxrlib.paths import data_dir
 from cxrlib.profiles import get_profile
 from cxrlib.segmentation import (
-    dice_score, iou_score, load_unet, lung_qc, read_unet_params, score_masks, segment_images,
-    segment_manifest, summarise_scores, train_unet_on_manifest,
+    load_unet, read_unet_params, score_masks, segment_manifest, summarise_scores,
+    train_unet_on_manifest,
 )
-
-
-def real_pairs(folder: Path) -> list[tuple[str, Path, Path]]:
-    """(stem, image path, mask path) of every image in ``folder/images`` with a mask."""
-    images = sorted((folder / "images").glob("*.png"))
-    if not images:
-        raise SystemExit(f"no PNG images in {folder / 'images'}")
-    pairs = [(p.stem, p, folder / "masks" / p.name) for p in images]
-    missing = [str(m) for _, _, m in pairs if not m.is_file()]
-    if missing:
-        raise SystemExit(f"{len(missing)} image(s) have no mask, e.g. {missing[0]}")
-    return pairs
+from cxrlib.synthetic_unet import real_pairs, score_on_real
 
 
 def train_on_synthetic(args) -> Path:
@@ -105,23 +93,13 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    pairs = real_pairs(args.real)
+    real_pairs(args.real)  # fails early when the folder is incomplete
     weights = args.weights if args.weights else train_on_synthetic(args)
     model = load_unet(weights)
     size = int(read_unet_params(weights).get("size", args.seg_size))
 
-    rows = []
-    for stem, image_path, mask_path in pairs:
-        image, truth = read_image(image_path), read_mask(mask_path)
-        if image.shape != truth.shape:
-            raise SystemExit(f"{stem}: image {image.shape} and mask {truth.shape} differ in shape")
-        pred = segment_images(model, [image], size)[0]
-        qc = lung_qc(pred)
-        rows.append({"image": stem[:40], "height": image.shape[0], "width": image.shape[1],
-                     "true_fraction": truth.mean(), "pred_fraction": pred.mean(),
-                     "regions": qc["qc_lung_regions"], "qc_pass": qc["qc_pass"],
-                     "dice": dice_score(pred, truth), "iou": iou_score(pred, truth)})
-    table = pd.DataFrame(rows)
+    table = score_on_real(model, size, args.real)
+    table["image"] = table["image"].str[:40]
     print(f"\nreal images: {len(table)} from {args.real}; U-Net {weights} at {size} px")
     print(table.to_string(index=False, float_format="%.3f"))
     print(f"median Dice: {table['dice'].median():.3f}; mean IoU: {table['iou'].mean():.3f} "

@@ -7,13 +7,17 @@ from pathlib import Path
 
 
 def _run(args) -> int:
+    from cxrlib.parameters import parse_assignment, read_params_file
     from cxrlib.runner import NotebookFailed, run_study
 
     only = args.only.split(",") if args.only else None
     cohorts = args.cohorts.split(",") if args.cohorts else None
     try:
+        params = read_params_file(args.params) if args.params else {}
+        params.update(parse_assignment(a) for a in args.param)
         record = run_study(profile=args.profile, manifest=args.manifest, out_dir=args.out,
-                           only=only, seed=args.seed, cohorts=cohorts, kernel_name=args.kernel)
+                           only=only, seed=args.seed, cohorts=cohorts, kernel_name=args.kernel,
+                           parameters=params)
     except NotebookFailed as exc:
         print(f"\nSTUDY FAILED: {exc}", file=sys.stderr)
         return 1
@@ -40,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="execute the notebooks with papermill and render HTML")
-    run.add_argument("--profile", default="default", choices=["smoke", "default", "paper"])
+    from cxrlib.profiles import PROFILES
+
+    run.add_argument("--profile", default="default", choices=sorted(PROFILES))
     run.add_argument("--manifest", help="manifest CSV of a real corpus (default: synthetic cohorts)")
     run.add_argument("--out", help="run folder (default reports/<profile>-<date>)")
     run.add_argument("--only", help="comma-separated notebook numbers, e.g. 00,03")
@@ -48,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "arias-noshortcut,arias,covidgr)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--kernel", default="cxr-study", help="Jupyter kernel name (default cxr-study)")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="a notebook parameter (value parsed as YAML), passed to every notebook "
+                          "that declares it; profile.FIELD=VALUE overrides a profile field; "
+                          "repeatable")
+    run.add_argument("--params", type=Path, metavar="FILE.yaml",
+                     help="parameters as a YAML mapping (NAME: VALUE; profile fields under "
+                          "'profile:'); -p options given too take precedence")
     run.set_defaults(func=_run)
 
     synth = sub.add_parser("synth", help="generate a synthetic cohort")

@@ -40,7 +40,13 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 
 from cxrlib.pseudonym import pseudonymize
 
@@ -229,12 +235,21 @@ def header_from_dataset(ds: Dataset, pseudonym_key: bytes | None = None,
 
 
 def _dcmread(path: Path, **kwargs) -> Dataset:
+    """pydicom's read; a bare data set (no preamble, no file meta) is read with ``force`` and
+    given the transfer syntax it was read in, so that its pixel data decodes."""
     if not path.is_file():
         raise DicomError(f"DICOM file not found: {path}")
+    bare = not _has_preamble(path) and _is_bare_dataset(path)
     try:
-        return pydicom.dcmread(path, **kwargs)
+        ds = pydicom.dcmread(path, force=bare, **kwargs)
     except Exception as exc:  # pydicom raises InvalidDicomError, EOFError, OSError, ValueError...
         raise DicomError(f"cannot read DICOM {path}: {type(exc).__name__}: {exc}") from exc
+    if bare and "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                          ExplicitVRLittleEndian if little else
+                                          ExplicitVRBigEndian)
+    return ds
 
 
 def read_dicom_header(path: str | Path, pseudonym_key: bytes | None = None,
@@ -578,11 +593,8 @@ def write_dicom(
     return path
 
 
-def is_dicom_file(path: str | Path) -> bool:
-    """True if ``path`` starts with a DICOM preamble (``DICM`` at byte 128) or ends in .dcm."""
-    path = Path(path)
-    if path.suffix.lower() in (".dcm", ".dicom"):
-        return True
+def _has_preamble(path: Path) -> bool:
+    """``DICM`` at byte 128: a DICOM Part 10 file."""
     try:
         with open(path, "rb") as f:
             f.seek(128)
@@ -591,8 +603,34 @@ def is_dicom_file(path: str | Path) -> bool:
         return False
 
 
+def _is_bare_dataset(path: Path) -> bool:
+    """A data set written without preamble and file meta (older files): it starts with an
+    element of group 0002 or 0008 and pydicom, forced, finds SOPClassUID or Modality in it."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(2) not in (b"\x02\x00", b"\x08\x00"):
+                return False
+        ds = pydicom.dcmread(path, force=True, specific_tags=["SOPClassUID", "Modality"])
+    except Exception:  # whatever pydicom makes of bytes that are not DICOM
+        return False
+    return "SOPClassUID" in ds or "Modality" in ds
+
+
+def has_dicom_content(path: str | Path) -> bool:
+    """True if the file's bytes are DICOM, whatever its name: ``DICM`` at byte 128 (a Part 10
+    file), or a bare data set (no preamble, no file meta) that pydicom reads."""
+    path = Path(path)
+    return _has_preamble(path) or _is_bare_dataset(path)
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """True if ``path`` ends in .dcm/.dicom or holds DICOM (:func:`has_dicom_content`)."""
+    path = Path(path)
+    return path.suffix.lower() in (".dcm", ".dicom") or has_dicom_content(path)
+
+
 def iter_dicom_files(root: str | Path, pattern: str = "**/*") -> Iterable[Path]:
-    """DICOM files under ``root`` (by extension or preamble), sorted."""
+    """DICOM files under ``root`` (by extension or content, :func:`is_dicom_file`), sorted."""
     for p in sorted(Path(root).glob(pattern)):
         if p.is_file() and is_dicom_file(p):
             yield p

@@ -1,8 +1,9 @@
 """Reading images and masks from disk as plain arrays.
 
 Images come back as float32 in [0, 1] (8- and 16-bit PNG, JPEG, TIFF; RGB collapsed to gray;
-DICOM files, ``.dcm`` / ``.dicom``, through :func:`cxrlib.dicom.read_dicom`), masks as bool. The
-bit depth of the file is kept in :func:`image_bit_depth` for the data audit.
+DICOM files through :func:`cxrlib.dicom.read_dicom`), masks as bool. Formats are told by content,
+not by name (:func:`image_format`): a JPEG named ``.jfif`` or a DICOM without extension reads
+like any other. The bit depth of the file is kept in :func:`image_bit_depth` for the data audit.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cxrlib.dicom import read_dicom, read_dicom_header
+from cxrlib.dicom import has_dicom_content, read_dicom, read_dicom_header
 
 # PIL opens 16-bit PNGs in mode "I;16" (or "I" on some versions); 8-bit gray as "L".
 _MODE_MAX = {"1": 1, "L": 255, "P": 255, "RGB": 255, "RGBA": 255, "LA": 255,
@@ -20,10 +21,31 @@ _MODE_MAX = {"1": 1, "L": 255, "P": 255, "RGB": 255, "RGBA": 255, "LA": 255,
 
 #: File name suffixes read as DICOM.
 DICOM_SUFFIXES = (".dcm", ".dicom")
+#: Leading bytes ("magic numbers") of the raster formats read through Pillow.
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"II*\x00", "tiff"),
+          (b"MM\x00*", "tiff"))
+
+
+def image_format(path: str | Path) -> str | None:
+    """The format of an image file from its first bytes, whatever its name.
+
+    Returns ``"png"``, ``"jpeg"``, ``"tiff"``, ``"dicom"`` (:func:`cxrlib.dicom.has_dicom_content`:
+    a Part 10 file, or a bare data set without preamble) or ``None`` (another format, not an
+    image, or a file that cannot be opened).
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    return "dicom" if has_dicom_content(path) else None
 
 
 def _is_dicom(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in DICOM_SUFFIXES
+    return Path(path).suffix.lower() in DICOM_SUFFIXES or image_format(path) == "dicom"
 
 
 def _open(path: str | Path) -> Image.Image:

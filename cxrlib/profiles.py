@@ -13,7 +13,8 @@ width are set. Every notebook takes ``profile`` as a papermill parameter and rea
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import typing
+from dataclasses import asdict, dataclass, fields, replace
 
 
 @dataclass(frozen=True)
@@ -137,11 +138,59 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-def get_profile(name: str | Profile) -> Profile:
-    """The profile called ``name`` (a :class:`Profile` is returned unchanged)."""
+def get_profile(name: str | Profile, overrides: dict | None = None) -> Profile:
+    """The profile called ``name`` (a :class:`Profile` is returned unchanged), with
+    ``overrides`` (field name -> value, checked by :func:`check_overrides`) applied."""
     if isinstance(name, Profile):
-        return name
-    try:
-        return PROFILES[name]
-    except KeyError:
-        raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
+        prof = name
+    else:
+        try:
+            prof = PROFILES[name]
+        except KeyError:
+            raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
+    return prof.with_overrides(**check_overrides(overrides)) if overrides else prof
+
+
+def _field_types() -> dict[str, object]:
+    hints = typing.get_type_hints(Profile)
+    return {f.name: hints[f.name] for f in fields(Profile)}
+
+
+def check_overrides(overrides: dict) -> dict:
+    """Check profile field overrides (e.g. from ``-p profile.cls_folds=5``) against the fields of
+    :class:`Profile` and their types; return them converted (an int for a float field becomes a
+    float, a list for a tuple field a tuple).
+
+    Raises
+    ------
+    ValueError naming the field and what it expects: an unknown field (with the valid ones), a
+    value of the wrong type (``True`` is not an int, ``"5"`` is not a number), or ``name``.
+    """
+    types = _field_types()
+    out = {}
+    for key, value in dict(overrides or {}).items():
+        if key == "name":
+            raise ValueError("profile.name cannot be overridden: choose the profile with --profile")
+        if key not in types:
+            raise ValueError(f"unknown profile field {key!r}; the fields are "
+                             f"{', '.join(sorted(k for k in types if k != 'name'))}")
+        expected = types[key]
+        if expected is bool:
+            ok = isinstance(value, bool)
+        elif expected is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif expected is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        elif expected is str:
+            ok = isinstance(value, str)
+        else:  # tuple[int, ...]
+            ok = (isinstance(value, (list, tuple)) and
+                  all(isinstance(v, int) and not isinstance(v, bool) for v in value))
+            value = tuple(value) if ok else value
+        if not ok:
+            name = getattr(expected, "__name__", str(expected))
+            raise ValueError(f"profile.{key} must be {'a list of int' if name == 'tuple' else name}"
+                             f", got {value!r} ({type(value).__name__})")
+        out[key] = value
+    return out

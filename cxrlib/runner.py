@@ -17,6 +17,10 @@ findings), ``arias`` (3 classes, 8 sources, for seed 001's tables) and ``covidgr
 000's). With ``--manifest`` it runs one cohort, a real corpus. A notebook may limit itself to some
 synthetic cohorts with the notebook metadata ``{"cxr_study": {"cohorts": ["covidgr"]}}``; it then
 runs on those cohorts and on every real manifest.
+
+Parameters beyond the runner's own reach the notebooks that declare them (``-p NAME=VALUE``,
+``--params FILE.yaml``, ``-p profile.FIELD=VALUE``; see :mod:`cxrlib.parameters`); they are
+recorded in ``run.json`` and shown on ``index.html``.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrlib.paths import NOTEBOOKS_DIR, REPO_ROOT, REPORTS_DIR
+from cxrlib.parameters import RunParameters, resolve_parameters
 from cxrlib.profiles import get_profile
 
 KERNEL_NAME = "cxr-study"
@@ -74,6 +79,9 @@ class RunRecord:
     status: str = "running"
     versions: dict = field(default_factory=dict)
     results: list[NotebookResult] = field(default_factory=list)
+    parameters: dict = field(default_factory=dict)
+    profile_overrides: dict = field(default_factory=dict)
+    notebook_parameters: dict = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "RunRecord":
@@ -231,6 +239,7 @@ def run_study(
     kernel_name: str = KERNEL_NAME,
     html: bool = True,
     notebooks_dir: Path = NOTEBOOKS_DIR,
+    parameters: dict | None = None,
     log=print,
 ) -> RunRecord:
     """Run the notebooks in order on each cohort and write the run folder and its index.
@@ -244,13 +253,16 @@ def run_study(
         ``out_dir`` are read by the ones that run).
     cohorts : synthetic cohorts to run, in this order (default every cohort of
         :data:`cxrlib.synthetic.COHORTS`); ignored with ``manifest``.
+    parameters : notebook parameters and ``profile.FIELD`` overrides (name -> value, see
+        :func:`cxrlib.parameters.resolve_parameters`); each notebook receives those it declares.
 
     Returns the :class:`RunRecord`; raises :class:`NotebookFailed` at the first failing notebook
     after writing the index (which shows the failure).
     """
-    prof = get_profile(profile)
-    check_kernel(kernel_name)
     notebooks = list_notebooks(only, notebooks_dir)
+    resolved = resolve_parameters(parameters or {}, notebooks) if parameters else RunParameters()
+    prof = get_profile(profile, resolved.profile_overrides)
+    check_kernel(kernel_name)
     out = Path(out_dir).resolve() if out_dir else default_out_dir(prof.name)
     out.mkdir(parents=True, exist_ok=True)
     if manifest:
@@ -265,7 +277,9 @@ def run_study(
             raise ValueError(f"unknown synthetic cohort(s) {bad}; choose from {list(COHORTS)}")
     record = RunRecord(profile=prof.name, out_dir=str(out), seed=seed, manifest=manifest,
                        cohorts=names, started=dt.datetime.now().isoformat(timespec="seconds"),
-                       versions=versions())
+                       versions=versions(), parameters=resolved.given,
+                       profile_overrides=resolved.profile_overrides,
+                       notebook_parameters={nb: p for nb, p in resolved.per_notebook.items() if p})
     t_run = time.perf_counter()
     try:
         for name in names:
@@ -284,7 +298,9 @@ def run_study(
                     continue
                 log(f"[{name}] {nb.stem}: running")
                 params = {"profile": prof.name, "cohort": name, "manifest": manifest or "",
-                          "run_dir": str(cohort_dir), "seed": seed, "interactive": False}
+                          "run_dir": str(cohort_dir), "seed": seed, "interactive": False,
+                          "profile_overrides": dict(resolved.profile_overrides),
+                          **resolved.per_notebook.get(nb.name, {})}
                 try:
                     res = execute_notebook(nb, cohort_dir, params, name, kernel_name, html)
                 except NotebookFailed as exc:
@@ -308,13 +324,31 @@ def _rel_files(folder: Path, pattern: str) -> list[Path]:
     return sorted(folder.glob(pattern)) if folder.is_dir() else []
 
 
+def _flow_html(path: Path, cohort: str) -> str:
+    """The cohort's flow of images (``tables/flow.csv``) as an HTML table, one row per step."""
+    import pandas as pd
+
+    from cxrlib.flow import OUTCOMES, flow_summary
+
+    esc = html.escape
+    summary = flow_summary(pd.read_csv(path, keep_default_na=False))
+    rows = "".join(
+        f"<tr><td>{esc(str(r['step']))}</td>"
+        + "".join(f"<td>{int(r[o])}</td>" for o in OUTCOMES)
+        + f"<td><small>{esc(str(r['reasons']))}</small></td></tr>" for _, r in summary.iterrows())
+    return (f"<p>Flow of images (<a href='{esc(cohort)}/tables/flow.csv'>flow.csv</a>): images "
+            "in, then what each step analysed, flagged and left out, with the reasons.</p>"
+            "<table><tr><th>step</th>" + "".join(f"<th>{o}</th>" for o in OUTCOMES)
+            + "<th>reasons</th></tr>" + rows + "</table>")
+
+
 def write_index(record: RunRecord, out: Path) -> Path:
     """Write ``run.json`` and ``index.html`` of a run folder."""
     from dataclasses import asdict
 
     (out / "run.json").write_text(json.dumps(asdict(record), indent=2))
     esc = html.escape
-    prof = get_profile(record.profile)
+    prof = get_profile(record.profile, record.profile_overrides)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>cxr-study: {esc(record.profile)} run</title>",
@@ -348,15 +382,27 @@ def write_index(record: RunRecord, out: Path) -> Path:
         if not tables and not figures:
             continue
         parts.append(f"<h2>Cohort <code>{esc(name)}</code></h2>")
+        if (cdir / "tables" / "flow.csv").is_file():
+            parts.append(_flow_html(cdir / "tables" / "flow.csv", name))
         if tables:
             parts.append("<p>Tables: " + ", ".join(
                 f"<a href='{esc(name)}/tables/{esc(t.name)}'>{esc(t.stem)}</a>" for t in tables) + "</p>")
         if figures:
             parts.append("<p>Figures: " + ", ".join(
                 f"<a href='{esc(name)}/figures/{esc(f.name)}'>{esc(f.stem)}</a>" for f in figures) + "</p>")
+    if record.parameters:
+        parts.append("<h2>Parameters given</h2><table><tr><th>name</th><th>value</th>"
+                     "<th>received by</th></tr>" + "".join(
+                         f"<tr><th>{esc(k)}</th><td><code>{esc(repr(v))}</code></td><td>"
+                         + esc(", ".join(nb for nb, p in record.notebook_parameters.items()
+                                         if k in p) or ("every notebook (profile field)"
+                                                        if k.startswith("profile.") else ""))
+                         + "</td></tr>" for k, v in record.parameters.items()) + "</table>")
+    changed = set(record.profile_overrides)
     parts.append("<h2>Profile</h2><table>" + "".join(
-        f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in prof.as_dict().items())
-        + "</table>")
+        f"<tr><th>{esc(k)}</th><td>{esc(str(v))}"
+        f"{' <b>(overridden)</b>' if k in changed else ''}</td></tr>"
+        for k, v in prof.as_dict().items()) + "</table>")
     parts.append("<h2>Versions</h2><table>" + "".join(
         f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in record.versions.items())
         + "</table></body></html>")

@@ -11,8 +11,10 @@ The method is seed 001's (details in the reference implementation):
   ``seg_batch_size``, ``seg_lr``, ``seg_batch_norm``);
 - post-processing: threshold 0.5, removal of regions smaller than 2% of the image, hole filling,
   the two largest regions kept - :func:`postprocess_mask`;
-- quality control as in seed 003: an image passes when both lungs are found and they cover at
-  least 30% of the image - :func:`lung_qc`.
+- quality control: seed 003's rules (both lungs found, the lungs covering at least 30% of the
+  image) plus anatomical shape checks (sizes, side by side, height, top and bottom edges, neck,
+  shoulders), each a recorded reason, and a plausibility score - :func:`lung_qc`, implemented in
+  :mod:`cxrlib.lung_plausibility`.
 
 Weights are read from a local file only (:func:`load_unet`); nothing is downloaded. A weights file
 is written by :func:`save_unet` together with a JSON file of the training parameters.
@@ -46,6 +48,7 @@ from sklearn.model_selection import GroupShuffleSplit
 from tqdm.auto import tqdm
 
 from cxrlib.images import read_image, read_mask
+from cxrlib.lung_plausibility import QC_COLUMNS, RULE_COLUMNS, RULES, plausibility, rule_phrase
 from cxrlib.models.unet import UNet
 from cxrlib.profiles import Profile, get_profile
 from cxrlib.splits import split_groups
@@ -57,6 +60,7 @@ __all__ = [
     "read_unet_params", "predict_lung_probability", "postprocess_mask", "segment_images",
     "segment_image", "lung_qc", "segment_manifest", "dice_score", "iou_score", "score_masks", "summarise_scores",
     "worst_cases", "reference_scores", "paper_vs_reproduced", "scores_table", "qc_summary",
+    "qc_flag_reasons",
     "training_curves_figure", "mask_cases_figure",
 ]
 
@@ -623,42 +627,24 @@ def lung_qc(
     min_lung_fraction: float = 0.30,
     min_region_fraction: float = 0.05,
 ) -> dict:
-    """Seed 003's segmentation quality flag for one mask.
+    """The segmentation quality flag of one mask, bool (H, W): seed 003's rules and the
+    anatomical plausibility rules of :mod:`cxrlib.lung_plausibility` (see
+    :func:`~cxrlib.lung_plausibility.plausibility`).
 
-    An image passes when both lungs are found - exactly two connected regions, each covering at
-    least ``min_region_fraction`` of the image - and the lungs cover at least
-    ``min_lung_fraction`` of the image pixels.
+    Seed 003's rules: both lungs found - exactly two connected regions, each covering at least
+    ``min_region_fraction`` of the image - and the lungs covering at least ``min_lung_fraction``
+    of the image pixels. The shape rules flag lungs of very different size, not side by side, of
+    implausible height, reaching the top edge or the neck, cut by the bottom edge, or widest at
+    their top (shoulders, axillae).
 
     Returns a dict: ``qc_lung_regions`` (int), ``qc_lungs_found`` (bool), ``qc_lung_fraction``
-    (float in [0, 1]), ``qc_pass`` (bool) and ``qc_reason`` ("" when it passes, else the failed
-    checks joined by "; ").
+    (float in [0, 1]), ``qc_pass`` (bool), ``qc_reason`` ("" when it passes, else the failed
+    rules' reasons joined by "; ", each a general phrase, ": " and details),
+    ``qc_plausibility`` (float in [0, 1], at least 0.5 exactly when it passes) and one bool
+    ``qc_rule_<name>`` per rule, true when that rule failed.
     """
-    mask = np.asarray(mask, dtype=bool)
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be a 2-D array (H, W), got shape {mask.shape}")
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:] / mask.size
-    fraction = float(mask.mean())
-    reasons = []
-    if n == 0:
-        reasons.append("no lung found")
-    elif n == 1:
-        reasons.append("one lung region only (a lung missing or both merged)")
-    elif n > 2:
-        reasons.append(f"{n} lung regions (expected 2)")
-    small = int((sizes < min_region_fraction).sum())
-    if n and small:
-        reasons.append(f"{small} region(s) under {min_region_fraction:.0%} of the image")
-    lungs_found = n == 2 and small == 0
-    if fraction < min_lung_fraction:
-        reasons.append(f"lungs cover {fraction:.1%} of the image (< {min_lung_fraction:.0%})")
-    return {
-        "qc_lung_regions": int(n),
-        "qc_lungs_found": bool(lungs_found),
-        "qc_lung_fraction": fraction,
-        "qc_pass": bool(lungs_found and fraction >= min_lung_fraction),
-        "qc_reason": "; ".join(reasons),
-    }
+    return plausibility(mask, min_lung_fraction=min_lung_fraction,
+                        min_region_fraction=min_region_fraction)
 
 
 def segment_manifest(
@@ -692,7 +678,8 @@ def segment_manifest(
     -------
     DataFrame, one row per image in manifest order: ``image_id``, ``mask_path`` (absolute),
     and the columns of :func:`lung_qc` (``qc_lung_regions``, ``qc_lungs_found``,
-    ``qc_lung_fraction``, ``qc_pass``, ``qc_reason``).
+    ``qc_lung_fraction``, ``qc_pass``, ``qc_reason``, ``qc_plausibility`` and the
+    ``qc_rule_<name>`` flags of :data:`cxrlib.lung_plausibility.RULE_COLUMNS`).
     """
     root = _data_root(manifest, data_root)
     out_dir = Path(out_dir)
@@ -711,9 +698,7 @@ def segment_manifest(
                             **lung_qc(mask, min_lung_fraction=min_lung_fraction)})
         bar.update(len(chunk))
     bar.close()
-    return pd.DataFrame(records, columns=["image_id", "mask_path", "qc_lung_regions",
-                                          "qc_lungs_found", "qc_lung_fraction", "qc_pass",
-                                          "qc_reason"])
+    return pd.DataFrame(records, columns=["image_id", "mask_path", *QC_COLUMNS])
 
 
 # --------------------------------------------------------------------------------------------
@@ -860,16 +845,23 @@ def scores_table(scores: pd.DataFrame) -> pd.DataFrame:
     return out[["what", "group", "name", "n", "dice", "dice_sd", "iou", "iou_sd"]]
 
 
+#: The shape rules counted by :func:`qc_summary` (seed 003's two have their own columns).
+_SHAPE_RULES = [name for name in RULES if name not in ("no_lung_pair", "low_fraction")]
+
+
 def qc_summary(qc: pd.DataFrame, min_lung_fraction: float = 0.30,
                by: str = "source") -> pd.DataFrame:
     """Counts of the segmentation QC flag per ``by`` group, plus a ``total`` row.
 
-    ``qc``: one row per image with ``by``, ``qc_lungs_found``, ``qc_lung_fraction`` and
-    ``qc_pass`` (the columns of :func:`segment_manifest` joined with the manifest's ``by``);
-    ``min_lung_fraction`` is the threshold the flag was computed with.
+    ``qc``: one row per image with ``by``, ``qc_lungs_found``, ``qc_lung_fraction``, ``qc_pass``
+    and the ``qc_rule_<name>`` flags (the columns of :func:`segment_manifest` joined with the
+    manifest's ``by``); ``min_lung_fraction`` is the threshold the flag was computed with.
     Returns columns ``[by], images, passed, flagged, lungs_not_found`` (not exactly two lung
-    regions of sufficient size), ``low_lung_fraction`` (lungs cover less than the threshold;
-    an image may count in both), ``mean_lung_fraction`` (in [0, 1]), ``flagged_pct`` (percent).
+    regions of sufficient size), ``low_lung_fraction`` (lungs cover less than the threshold),
+    one count per shape rule of :mod:`cxrlib.lung_plausibility` (``size_mismatch``,
+    ``not_side_by_side``, ``implausible_height``, ``top_edge``, ``bottom_edge``, ``shoulders``;
+    missing (NA) when ``qc`` lacks that rule's column), ``mean_lung_fraction`` (in [0, 1]),
+    ``flagged_pct`` (percent). An image may count under several rules.
     """
     need = {by, "qc_lungs_found", "qc_lung_fraction", "qc_pass"}
     missing = sorted(need - set(qc.columns))
@@ -880,15 +872,45 @@ def qc_summary(qc: pd.DataFrame, min_lung_fraction: float = 0.30,
 
     def agg(g: pd.DataFrame) -> dict:
         passed = int(g["qc_pass"].astype(bool).sum())
+        rules = {name: (int(g[f"qc_rule_{name}"].astype(bool).sum())
+                        if f"qc_rule_{name}" in g.columns else pd.NA) for name in _SHAPE_RULES}
         return {"images": len(g), "passed": passed, "flagged": len(g) - passed,
                 "lungs_not_found": int((~g["qc_lungs_found"].astype(bool)).sum()),
                 "low_lung_fraction": int((g["qc_lung_fraction"] < min_lung_fraction).sum()),
+                **rules,
                 "mean_lung_fraction": float(g["qc_lung_fraction"].mean()),
                 "flagged_pct": 100.0 * (len(g) - passed) / len(g)}
 
     rows = [{by: key, **agg(g)} for key, g in qc.groupby(by, sort=True)]
     rows.append({by: "total", **agg(qc)})
-    return pd.DataFrame(rows).round({"mean_lung_fraction": 3, "flagged_pct": 1})
+    out = pd.DataFrame(rows).astype({name: "Int64" for name in _SHAPE_RULES})
+    return out.round({"mean_lung_fraction": 3, "flagged_pct": 1})
+
+
+def qc_flag_reasons(qc: pd.DataFrame, min_lung_fraction: float = 0.30) -> pd.Series:
+    """The general reasons of each failed segmentation QC: the phrases of the failed rules of
+    :mod:`cxrlib.lung_plausibility` (e.g. ``"no lung pair found"``, ``"lungs under 30% of the
+    image"``, ``"reaches the top edge or the neck"``) joined by ``"; "``, without the per-image
+    details of ``qc_reason``, so that images group by them.
+
+    ``qc``: the columns of :func:`segment_manifest` (a table without the ``qc_rule_<name>``
+    columns gives the phrases of seed 003's two rules from ``qc_lungs_found`` and
+    ``qc_lung_fraction``). Returns a Series indexed by ``image_id`` of the images that fail, in
+    ``qc``'s order.
+    """
+    failed = qc[~qc["qc_pass"].astype(bool)]
+    flags = pd.DataFrame(index=failed.index)
+    for name, column in zip(RULES, RULE_COLUMNS):
+        if column in failed.columns:
+            flags[name] = failed[column].astype(bool)
+    if "no_lung_pair" not in flags:
+        flags["no_lung_pair"] = ~failed["qc_lungs_found"].astype(bool)
+    if "low_fraction" not in flags:
+        flags["low_fraction"] = failed["qc_lung_fraction"] < min_lung_fraction
+    names = [name for name in RULES if name in flags]
+    reasons = ["; ".join(rule_phrase(name, min_lung_fraction) for name in names if row[name])
+               or "failed" for row in flags[names].to_dict("records")]
+    return pd.Series(reasons, index=failed["image_id"].astype(str).to_numpy(), dtype=object)
 
 
 def training_curves_figure(history: pd.DataFrame):

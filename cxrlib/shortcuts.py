@@ -61,7 +61,7 @@ __all__ = [
     "PROBE_SIZE", "MASKED_VIEWS", "VERDICT_MARGIN", "MIN_EXTERNAL_PATIENTS", "ProbeSettings",
     "probe_settings", "dilate_mask", "mask_paths", "masked_views", "image_features",
     "probe_predictions", "balanced_accuracy_ci", "run_probes", "QUESTIONS", "verdicts",
-    "cnn_probes", "external_validation", "retrain_by_projection",
+    "cnn_probes", "external_validation", "projection_retrain_problem", "retrain_by_projection",
 ]
 
 #: Side (px) of the probes' images: small, so that the probes fit the CPU budget.
@@ -443,6 +443,32 @@ def cnn_probes(views: pd.DataFrame, manifest: pd.DataFrame, plan: pd.DataFrame,
     return preds, pd.DataFrame(rows)
 
 
+def projection_retrain_problem(subset: pd.DataFrame, plan: pd.DataFrame, fold: int = 0,
+                               seed: int = 0) -> str | None:
+    """Why one projection's images cannot be retrained alone on ``fold`` of ``plan`` (None when
+    they can): fewer than two classes, no image in the test fold, or a class without an image in
+    the fold's training part (the same draw as :func:`cxrlib.crossval.run_crossval` with
+    ``seed``: its validation part is taken out first). Real corpora often record the projection
+    for a few images only."""
+    from cxrlib.splits import fold_split
+
+    if subset["label"].nunique() < 2:
+        return f"{subset['label'].nunique()} class(es) only"
+    in_plan = plan[plan["image_id"].isin(subset["image_id"])]
+    repetition = in_plan["repetition"].min() if len(in_plan) else 0
+    in_plan = in_plan[in_plan["repetition"] == repetition]
+    if not (in_plan["fold"] == fold).any():
+        return f"no image in test fold {fold}"
+    if in_plan["fold"].nunique() < 2:
+        return f"no image outside fold {fold} to train on"
+    split = fold_split(in_plan, repetition, fold, seed=seed)
+    label = subset.set_index("image_id")["label"]
+    missing = sorted(set(subset["label"]) - set(label[split["train"]]))
+    if missing:
+        return f"no training image of {', '.join(missing)} in fold {fold}'s training part"
+    return None
+
+
 def retrain_by_projection(views: pd.DataFrame, manifest: pd.DataFrame, plan: pd.DataFrame,
                           artifacts_dir: str | Path, setup: ClassifierSetup,
                           settings: ProbeSettings, view: str = "exp1", fold: int = 0,
@@ -451,7 +477,8 @@ def retrain_by_projection(views: pd.DataFrame, manifest: pd.DataFrame, plan: pd.
     alone (experiment ``<view>@<projection>``), on one fold of ``plan``.
 
     Each projection's artifacts go to ``artifacts_dir/<projection>`` (its classes may differ).
-    Projections with fewer than two classes are skipped. Returns per-class metrics
+    Projections that cannot be retrained alone are skipped (:func:`projection_retrain_problem`
+    says why). Returns per-class metrics
     (:func:`cxrlib.metrics.class_metrics` over the fold): ``experiment``, ``model``, ``method``,
     ``projection``, ``class``, ``support``, ``ppv``, ``recall``, ``f1``.
     """
@@ -459,10 +486,8 @@ def retrain_by_projection(views: pd.DataFrame, manifest: pd.DataFrame, plan: pd.
     for projection in sorted(manifest["projection"].dropna().astype(str).unique()):
         subset = manifest[manifest["projection"].astype(str) == projection].reset_index(drop=True)
         subset.attrs = dict(manifest.attrs)
-        if subset["label"].nunique() < 2:
-            continue
         sub_plan = plan[plan["image_id"].isin(subset["image_id"])]
-        if not (sub_plan["fold"] == fold).any():
+        if projection_retrain_problem(subset, sub_plan, fold, seed=seed):
             continue
         preds = run_crossval(views, subset, sub_plan, Path(artifacts_dir) / projection,
                              experiments={f"{view}@{projection}": view},

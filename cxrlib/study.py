@@ -9,8 +9,10 @@ Every notebook starts with the same parameters cell (papermill injects the value
     run_dir = ""           # run folder of this cohort (empty: reports/interactive/<profile>/<cohort>)
     seed = 0               # one seed for everything random
     interactive = False    # show the ipywidgets browsers
+    profile_overrides = {} # profile fields changed for this run (-p profile.FIELD=VALUE)
 
-and then calls ``study = open_study(profile, cohort, manifest, run_dir, seed)``.
+and then calls ``study = open_study(profile, cohort, manifest, run_dir, seed,
+profile_overrides=profile_overrides)``.
 """
 from __future__ import annotations
 
@@ -78,8 +80,14 @@ class Study:
     def stamp(self) -> dict:
         """What identifies this cohort's run for a comparison with another run folder: cohort,
         preset, shortcut knob, profile and seed (written to ``artifacts/study.json``)."""
+        from cxrlib.profiles import PROFILES
+
+        base = PROFILES.get(self.profile.name)
+        changed = {k: v for k, v in self.profile.as_dict().items()
+                   if base is None or getattr(base, k) != v}
         return {"cohort": self.cohort, "preset": self.preset, "shortcut": self.shortcut,
-                "profile": self.profile.name, "seed": self.seed}
+                "profile": self.profile.name, "seed": self.seed,
+                "profile_overrides": json.loads(json.dumps(changed))}
 
 
 def open_study(
@@ -90,14 +98,17 @@ def open_study(
     seed: int = 0,
     shortcut: float | None = None,
     progress: bool = True,
+    profile_overrides: dict | None = None,
 ) -> Study:
     """Resolve a notebook's parameters into a :class:`Study`.
 
     With an empty ``manifest`` the synthetic cohort ``cohort`` (a name of
     :data:`cxrlib.synthetic.COHORTS`: a preset and a shortcut knob) at this profile is used, and
     generated first if it is not cached yet; ``shortcut`` overrides the cohort's knob.
+    ``profile_overrides`` changes fields of the profile (checked by
+    :func:`cxrlib.profiles.check_overrides`).
     """
-    prof = get_profile(profile)
+    prof = get_profile(profile, profile_overrides)
     if manifest:
         manifest_path = Path(manifest).resolve()
         frame = load_manifest(manifest_path)
@@ -161,8 +172,8 @@ def shortcut_twin_run(study: Study, twin_run_dir: str | Path = "") -> tuple[Path
         return None, (f"the twin `{folder.name}` has not been run in this run folder yet; run it first "
                       "(`python -m cxrlib run --cohorts arias-noshortcut,arias`)")
     twin, ours = json.loads(stamp_path.read_text()), study.stamp()
-    for key in ("preset", "profile", "seed"):
-        if twin.get(key) != ours[key]:
+    for key in ("preset", "profile", "seed", "profile_overrides"):
+        if twin.get(key, {} if key == "profile_overrides" else None) != ours[key]:
             return None, (f"the twin `{folder.name}` was run with {key} {twin.get(key)!r} and this "
                           f"cohort with {ours[key]!r}; rerun it with this run's settings")
     if twin.get("shortcut") is None or not twin["shortcut"] < study.shortcut:

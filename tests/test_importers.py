@@ -1,8 +1,10 @@
 """Each importer on a fixture with its source's exact header, plus the PHI canary and the CLI."""
 from __future__ import annotations
 
+import gzip
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,11 +12,13 @@ import pytest
 from PIL import Image
 
 from conftest import write_png
-from cxrlib.dicom import write_dicom
+from cxrlib.dicom import is_dicom_file, write_dicom
+from cxrlib.images import image_format, read_image
 from cxrlib.importers import IMPORTERS, ImportOptions, run_importer
 from cxrlib.__main__ import main as cli_main
+from cxrlib.importers.common import accounting, read_text_file, write_import_result
 from cxrlib.importers.nlm_tb import parse_clinical_reading
-from cxrlib.manifest import load_manifest
+from cxrlib.manifest import load_manifest, sidecar_path
 from cxrlib.pseudonym import (
     key_fingerprint,
     load_or_create_key,
@@ -54,6 +58,8 @@ def _dropped(result):
 def _assert_nothing_lost(result, n_candidates):
     assert len(result.manifest) + len(_dropped(result)) == n_candidates
     assert result.manifest["patient_id"].str.match(PSEUDONYM).all()
+    assert accounting(result) == {"candidates": n_candidates, "in_manifest": len(result.manifest),
+                                  "left_out": n_candidates - len(result.manifest)}
 
 
 def test_registry_has_every_source():
@@ -710,3 +716,220 @@ def test_cli_import_bad_input_exit_code(tmp_path, capsys):
     assert cli_main(["import", "nih", str(tmp_path / "nowhere"), "-o",
                      str(tmp_path / "x.csv"), "--key-file", str(tmp_path / "k")]) == 2
     assert "nih: none of" in capsys.readouterr().err
+
+
+# ----------------------------------------------- files as distributions ship them (issue 13)
+def _save(path, seed, fmt, bits=8):
+    """A noise image saved in ``fmt`` (a Pillow format name) whatever the name's extension."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    noise = np.random.default_rng(seed).random((40, 32))
+    array = (noise * 65535).astype(np.uint16) if bits == 16 else (noise * 255).astype(np.uint8)
+    Image.fromarray(array).save(path, format=fmt)
+    return path
+
+
+def _bare_dicom(path, seed):
+    """A DICOM data set written without preamble and file meta, as some older archives hold."""
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = pydicom.dcmread(_dcm(path.with_suffix(".tmp.dcm"), seed, {"Modality": "DX"}))
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, True
+    write_dataset(out, ds)
+    path.write_bytes(out.getvalue())
+    path.with_suffix(".tmp.dcm").unlink()
+    return path
+
+
+def _mixed_folder_set(root):
+    """A folder set with every way a real one names its files; returns the expected outcome."""
+    _save(root / "covid19/a.jfif", 0, "JPEG")
+    _save(root / "covid19/b.jpe", 1, "JPEG")
+    _save(root / "covid19/c.JPG", 2, "JPEG")
+    _save(root / "control/d.PNG", 3, "PNG")
+    _save(root / "control/e.tif", 4, "TIFF", bits=16)
+    _dcm(root / "covid19/scan", 5, {"Modality": "DX", "PatientID": "Z1"})  # no extension
+    _write(root / "control/readme.txt", "scanned at 38.5\xb0C\n")
+    (root / "control/garbage.png").write_bytes(bytes(range(256)) * 4)
+    (root / "control/.DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + b"\x00" * 40)
+    kept = {"a.jfif", "b.jpe", "c.JPG", "d.PNG", "e.tif", "scan"}
+    return kept, 9
+
+
+def test_image_format_is_told_by_content(tmp_path):
+    assert image_format(_save(tmp_path / "x.jfif", 0, "JPEG")) == "jpeg"
+    assert image_format(_save(tmp_path / "x.PNG", 0, "PNG")) == "png"
+    assert image_format(_save(tmp_path / "x.png", 0, "JPEG")) == "jpeg"  # the name lies
+    assert image_format(_save(tmp_path / "x.tif", 0, "TIFF", bits=16)) == "tiff"
+    assert image_format(_dcm(tmp_path / "noext", 0, {"Modality": "DX"})) == "dicom"
+    assert image_format(_bare_dicom(tmp_path / "1.2.840.7", 1)) == "dicom"
+    assert image_format(_write(tmp_path / "notes.txt", "PA view\n")) is None
+    assert image_format(tmp_path / "absent.png") is None
+    assert is_dicom_file(tmp_path / "noext") and not is_dicom_file(tmp_path / "notes.txt")
+
+
+def test_read_image_reads_dicom_without_extension(tmp_path):
+    reference = read_image(_dcm(tmp_path / "ref.dcm", 3, {"Modality": "DX"}))
+    assert np.array_equal(read_image(_dcm(tmp_path / "scan", 3, {"Modality": "DX"})), reference)
+    bare = read_image(_bare_dicom(tmp_path / "1.2.840.9", 3))
+    assert bare.shape == (32, 32) and np.array_equal(bare, reference)
+
+
+def test_folders_imports_images_by_content_and_reports_other_files(tmp_path):
+    root = tmp_path / "set"
+    kept, n_files = _mixed_folder_set(root)
+    result = _import("folders", root)
+    assert {Path(p).name for p in result.manifest["image_id"]} == kept
+    rows = _rows(result)
+    assert rows.loc["set/covid19/scan", "path"].startswith("cxrlib_cache/dicom/")
+    assert rows.loc["set/covid19/scan", "patient_id"] == pseudonymize("Z1", KEY, "set")
+    assert rows.loc["set/covid19/a.jfif", "label"] == "covid19"
+    assert rows.loc["set/control/e.tif", "label"] == "control"
+    dropped = _dropped(result)
+    assert dropped["set/control/readme.txt"] == "not an image: text file"
+    assert dropped["set/control/garbage.png"].startswith("unrecognised file format")
+    assert "00 01 02 03" in dropped["set/control/garbage.png"]
+    assert dropped["set/control/.DS_Store"].startswith("unrecognised file format")
+    _assert_nothing_lost(result, n_files)
+
+
+def test_cli_import_prints_the_accounting(tmp_path, capsys):
+    root = tmp_path / "set"
+    kept, n_files = _mixed_folder_set(root)
+    code = cli_main(["import", "folders", str(root), "-o", str(tmp_path / "out/set.csv"),
+                     "--key-file", str(tmp_path / "key"), "--quiet"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert (f"accounting: {n_files} candidates = {len(kept)} in the manifest + "
+            f"{n_files - len(kept)} left out (QC report)") in out
+    assert "not an image" in out
+    report = pd.read_csv(tmp_path / "out/set.qc.csv")
+    assert (report["action"] == "dropped").sum() == n_files - len(kept)
+
+
+def test_read_text_file_encodings(tmp_path):
+    text = "notes\n38.5\u00b0C, S\u00e3o Paulo\n"
+    cases = {"plain.csv": (text.encode("utf-8"), "utf-8"),
+             "bom.csv": (text.encode("utf-8-sig"), "utf-8-sig"),
+             "win.csv": (text.encode("cp1252"), "cp1252"),
+             "utf16.txt": (text.encode("utf-16"), "utf-16")}
+    for name, (data, encoding) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert read_text_file(tmp_path / name) == (text, encoding), name
+    (tmp_path / "odd.txt").write_bytes(b"a\x81b\xb0")  # 0x81 is undefined in cp1252
+    assert read_text_file(tmp_path / "odd.txt") == ("a\x81b\xb0", "latin-1")
+    (tmp_path / "t.csv.gz").write_bytes(gzip.compress(text.encode("cp1252")))
+    assert read_text_file(tmp_path / "t.csv.gz") == (text, "cp1252")
+
+
+@pytest.mark.parametrize("encoding", ["cp1252", "utf-8-sig"])
+def test_figure1_metadata_in_cp1252_or_with_bom(tmp_path, encoding):
+    """The Figure 1 release's metadata.csv holds a degree sign in cp1252; others carry a BOM."""
+    header = ACTUALMED_HEADER.replace(",imagename", "")
+    text = (header + "\n"
+            "COVID-00001,,F,50,COVID-19,,38.5\u00b0C,,PA,X-ray,,fever 38.5\u00b0C\n"
+            "COVID-00002,,M,61,,,,,PA,X-ray,,T 39\u00b0C S\u00e3o Paulo\n")
+    (tmp_path / "metadata.csv").write_bytes(text.encode(encoding))
+    _save(tmp_path / "images/COVID-00001.jfif", 1, "JPEG")
+    write_png(tmp_path / "images/COVID-00002.png", 2)
+    write_png(tmp_path / "images/unlisted.png", 3)
+    result = _import("actualmed", tmp_path)
+    rows = _rows(result)
+    first = rows.loc["figure1/images/COVID-00001.jfif"]
+    assert (first.label, first.sex, first.age) == ("covid19", "F", 50.0)
+    assert first.patient_id == pseudonymize("COVID-00001", KEY, "figure1")
+    dropped = _dropped(result)
+    assert dropped["figure1/images/COVID-00002.png"] == \
+        "finding is blank (notes: T 39\u00b0C S\u00e3o Paulo)"
+    assert dropped["figure1/images/unlisted.png"] == "image file not listed in the metadata"
+    _assert_nothing_lost(result, 3)
+    assert result.meta["metadata_encodings"] == {"metadata.csv": encoding}
+    written = write_import_result(result, tmp_path / "out" / "figure1.csv")
+    sidecar = json.loads(sidecar_path(written["manifest"]).read_text())
+    assert sidecar["metadata_encodings"] == {"metadata.csv": encoding}
+
+
+def test_metadata_importers_report_unlisted_and_non_image_files(tmp_path):
+    header = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+              "View Position")
+    _write(tmp_path / "Data_Entry_2017.csv", header + "\n"
+           "00000001_000.png,No Finding,0,1,58,M,PA\n00000002_000.png,No Finding,0,2,40,F,PA\n")
+    write_png(tmp_path / "images_001/images/00000001_000.png", 0)
+    _write(tmp_path / "images_001/images/00000002_000.png", "<html>quota exceeded</html>\n")
+    write_png(tmp_path / "images_002/images/00000001_000.png", 1)  # a second copy
+    write_png(tmp_path / "images_002/images/00009999_000.png", 2)
+    _write(tmp_path / "README", "ChestX-ray8\n")  # neither an image nor listed: not a candidate
+    result = _import("nih", tmp_path)
+    assert list(result.manifest["image_id"]) == ["nih/00000001_000.png"]
+    dropped = _dropped(result)
+    assert dropped["nih/00000002_000.png"] == "not an image: text file"
+    assert dropped["nih/images_002/images/00009999_000.png"] == \
+        "image file not listed in the metadata"
+    assert dropped["nih/images_002/images/00000001_000.png"] == (
+        "image file not listed in the metadata (the metadata row of that name uses "
+        "images_001/images/00000001_000.png)")
+    _assert_nothing_lost(result, 4)
+
+
+def test_covidgr_reports_stray_files_and_severity_rows_without_image(tmp_path):
+    root = tmp_path / "COVIDGR-1.0"
+    write_png(root / "N/n1.jpg", 0)
+    _save(root / "P/p1.JPG", 1, "JPEG")
+    (root / "P/Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 64)
+    (root / "severity.csv").write_bytes("Name,Severity\np1.JPG,MILD\np7.jpg,SEVERE\n"
+                                        .encode("utf-8-sig"))
+    result = _import("covidgr", root)
+    rows = _rows(result)
+    assert rows.loc["covidgr/P/p1.JPG", "severity"] == "mild"
+    dropped = _dropped(result)
+    assert dropped["covidgr/P/Thumbs.db"].startswith("unrecognised file format")
+    assert dropped["covidgr/P/p7.jpg"] == "image file not found: P/p7.jpg"
+    assert result.meta["metadata_encodings"] == {"severity.csv": "utf-8-sig"}
+    _assert_nothing_lost(result, 4)
+
+
+def test_shenzhen_reads_cp1252_readings_and_reports_stray_files(tmp_path):
+    root = tmp_path / "ChinaSet_AllFiles"
+    write_png(root / "CXR_png/CHNCXR_0001_0.png", 0)
+    (root / "CXR_png/Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0" + b"\x00" * 60)
+    (root / "ClinicalReadings").mkdir()
+    (root / "ClinicalReadings/CHNCXR_0001_0.txt").write_bytes("Male 35yrs\nT 38\xb0C\n"
+                                                               .encode("cp1252"))
+    result = _import("shenzhen", tmp_path)
+    row = _rows(result).loc["shenzhen/CHNCXR_0001_0.png"]
+    assert (row.sex, row.age) == ("M", 35.0)
+    assert _dropped(result)["shenzhen/ChinaSet_AllFiles/CXR_png/Thumbs.db"].startswith(
+        "unrecognised file format")
+    assert result.meta["metadata_encodings"] == {"ClinicalReadings (*.txt)": "cp1252"}
+    _assert_nothing_lost(result, 2)
+
+
+def test_hm_reads_a_cp1252_semicolon_table(tmp_path):
+    table = ("PATIENT ID;EDAD/AGE;SEXO/SEX;DIAG ING/INPAT;MOTIVO\n"
+             "1001;72;MALE;COVID19 - POSITIVO;fiebre 38,5\u00baC, tos\n")
+    (tmp_path / "CDSL_01.csv").write_bytes(table.encode("cp1252"))
+    _dcm(tmp_path / "1001/a.dcm", 0, {"PatientID": "1001", "Modality": "DX",
+                                      "ViewPosition": "PA"})
+    result = _import("hm", tmp_path)
+    assert _rows(result).loc["hm/1001/a.dcm", "label"] == "covid19"
+    assert result.meta["metadata_encodings"] == {"CDSL_01.csv": "cp1252"}
+    _assert_nothing_lost(result, 1)
+
+
+def test_bimcv_reports_broken_sidecars_and_foreign_names(tmp_path):
+    rx = tmp_path / "sub-S0001/ses-E0001/mod-rx"
+    write_png(rx / "sub-S0001_ses-E0001_run-1_bp-chest_vp-pa_cr.png", 0)
+    _write(rx / "sub-S0001_ses-E0001_run-1_bp-chest_vp-pa_cr.json", "{not json")
+    write_png(rx / "sub-S0001_ses-E0001_run-2_bp-chest_vp-ap_cr.png", 1)
+    _write(rx / "sub-S0001_ses-E0001_run-2_bp-chest_vp-ap_cr.json",
+           '{"00100040": {"vr": "CS", "Value": ["F"]}}')
+    write_png(rx / "sub-S0001.png", 2)
+    result = _import("bimcv", tmp_path)
+    assert _rows(result)["sex"].tolist() == ["F"]
+    dropped = _dropped(result)
+    assert "is not valid JSON" in next(v for k, v in dropped.items() if "run-1" in k)
+    assert "is not a BIMCV" in next(v for k, v in dropped.items() if k.endswith("S0001.png"))
+    assert result.meta["metadata_encodings"] == {"sidecars (*.json)": "utf-8"}
+    _assert_nothing_lost(result, 3)

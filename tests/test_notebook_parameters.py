@@ -8,7 +8,7 @@ import pytest
 from cxrlib.paths import NOTEBOOKS_DIR
 from cxrlib.runner import list_notebooks
 
-STANDARD = {"profile", "cohort", "manifest", "run_dir", "seed", "interactive"}
+STANDARD = {"profile", "cohort", "manifest", "run_dir", "seed", "interactive", "profile_overrides"}
 
 
 @pytest.mark.parametrize("notebook", list_notebooks(None, NOTEBOOKS_DIR), ids=lambda p: p.stem)

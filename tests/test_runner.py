@@ -95,3 +95,93 @@ def test_cli_reports_bad_arguments():
     res = subprocess.run([sys.executable, "-m", "cxrlib", "run", "--profile", "smoke", "--only", "98"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "no notebook numbered ['98']" in res.stderr
+
+
+@pytest.fixture
+def param_study(tmp_path, tiny_cohort):
+    """A one-notebook study whose notebook declares ``threshold`` and ``note`` and prints what it
+    received, including the profile as overridden."""
+    df, root = tiny_cohort
+    csv = tmp_path / "tiny.csv"
+    write_manifest(df, csv, data_root=root)
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(
+        PARAMS + "\nprofile_overrides = {}\nthreshold = 0.5  # a float\nnote = \"\"  # a string")
+    params.metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = {"name": "cxr-study", "language": "python",
+                                 "display_name": "Python (cxr-study)"}
+    nb.cells = [params, nbformat.v4.new_code_cell(
+        "from cxrlib.profiles import get_profile\n"
+        "P = get_profile(profile, profile_overrides)\n"
+        "print(f'threshold={threshold!r} note={note!r} cls_folds={P.cls_folds}')")]
+    nbformat.write(nb, nbs / "00_params.ipynb")
+    return csv, nbs, tmp_path / "run"
+
+
+def test_parameters_reach_the_notebooks_and_run_json(param_study):
+    csv, nbs, out = param_study
+    record = run_study("smoke", manifest=csv, out_dir=out, notebooks_dir=nbs, log=lambda *a: None,
+                       parameters={"threshold": 1, "note": 2020, "profile.cls_folds": 1})
+    executed = (out / "tiny" / "00_params.ipynb").read_text()
+    # an int for a float parameter becomes a float, a YAML number for a string parameter text
+    assert "threshold=1.0 note='2020' cls_folds=1" in executed
+    saved = json.loads((out / "run.json").read_text())
+    assert saved["parameters"] == {"threshold": 1, "note": 2020, "profile.cls_folds": 1}
+    assert saved["profile_overrides"] == {"cls_folds": 1}
+    assert saved["notebook_parameters"] == {"00_params.ipynb": {"threshold": 1.0, "note": "2020"}}
+    assert record.profile_overrides == {"cls_folds": 1}
+    index = (out / "index.html").read_text()
+    assert "Parameters given" in index and "threshold" in index and "(overridden)" in index
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"thresold": 0.2}, r"(?s)no notebook of this run declares thresold.*00_params.ipynb: threshold, "
+                        r"note"),
+    ({"seed": 3}, "seed is set by the runner: use --seed"),
+    ({"threshold": "high"}, "threshold of 00_params.ipynb must be float"),
+    ({"profile.cls_fold": 2}, "unknown profile field 'cls_fold'"),
+    ({"profile.cls_folds": True}, r"profile.cls_folds must be int, got True"),
+])
+def test_bad_parameters_are_refused_before_anything_runs(param_study, given, message):
+    csv, nbs, out = param_study
+    with pytest.raises(ValueError, match=message):
+        run_study("smoke", manifest=csv, out_dir=out, notebooks_dir=nbs, log=lambda *a: None,
+                  parameters=given)
+    assert not (out / "run.json").exists()
+
+
+def test_cli_takes_p_and_a_params_file(tmp_path, monkeypatch):
+    import cxrlib.runner as runner
+    from cxrlib.__main__ import main
+
+    seen = {}
+    monkeypatch.setattr(runner, "run_study", lambda **kw: seen.update(kw) or (_ for _ in ()).throw(
+        ValueError("stop here")))
+    params = tmp_path / "p.yaml"
+    params.write_text("min_lung_fraction: 0.2\nprofile:\n  cls_folds: 3\nunet_weights: a.pt\n")
+    code = main(["run", "--profile", "smoke", "--params", str(params), "-p", "unet_weights=b.pt",
+                 "-p", "sweep_lambdas=[0.0, 0.1]", "-p", "profile.epochs=2"])
+    assert code == 2
+    assert seen["parameters"] == {"min_lung_fraction": 0.2, "profile.cls_folds": 3,
+                                  "unet_weights": "b.pt", "sweep_lambdas": [0.0, 0.1],
+                                  "profile.epochs": 2}
+
+
+def test_parse_assignment_and_params_file_errors(tmp_path):
+    from cxrlib.parameters import parse_assignment, read_params_file
+
+    assert parse_assignment("x=0.25") == ("x", 0.25)
+    assert parse_assignment("flag=false") == ("flag", False)
+    assert parse_assignment("path=") == ("path", "")
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        parse_assignment("nothing")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        parse_assignment("x=[1, 2")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ValueError, match="must hold a mapping"):
+        read_params_file(bad)
+    with pytest.raises(FileNotFoundError):
+        read_params_file(tmp_path / "none.yaml")

@@ -107,8 +107,11 @@ def test_qc_flag_needs_both_lungs_and_enough_lung_area():
     both[10:90, 10:40] = True            # 24%
     both[10:80, 60:90] = True            # 21% -> 45% in all
     qc = lung_qc(both)
-    assert qc == {"qc_lung_regions": 2, "qc_lungs_found": True,
-                  "qc_lung_fraction": pytest.approx(0.45), "qc_pass": True, "qc_reason": ""}
+    seed_003 = ["qc_lung_regions", "qc_lungs_found", "qc_lung_fraction", "qc_pass", "qc_reason"]
+    assert {k: qc[k] for k in seed_003} == {
+        "qc_lung_regions": 2, "qc_lungs_found": True, "qc_lung_fraction": pytest.approx(0.45),
+        "qc_pass": True, "qc_reason": ""}
+    assert qc["qc_plausibility"] == 1.0  # plus the plausibility rules (test_lung_plausibility)
 
     one = both.copy()
     one[:, 50:] = False
@@ -270,8 +273,9 @@ def test_segment_manifest_writes_masks_and_qc_and_scores_them(tiny_cohort, tmp_p
     out_dir = tmp_path / "pred"
     seg = segment_manifest(DarkIsLung(), tiny_cohort, out_dir, size=32, batch_size=5,
                            progress=False)
-    assert list(seg.columns) == ["image_id", "mask_path", "qc_lung_regions", "qc_lungs_found",
-                                 "qc_lung_fraction", "qc_pass", "qc_reason"]
+    assert list(seg.columns)[:7] == ["image_id", "mask_path", "qc_lung_regions",
+                                     "qc_lungs_found", "qc_lung_fraction", "qc_pass", "qc_reason"]
+    assert {"qc_plausibility", "qc_rule_top_edge"} <= set(seg.columns)
     assert list(seg["image_id"]) == list(tiny_cohort["image_id"])
     first = read_mask(out_dir / mask_file_name("img/0"))
     assert first.shape == (48, 40)

@@ -147,3 +147,24 @@ def test_verdicts_against_truth_by_hand():
     assert out.loc["twin", "truth"] == "no" and out.loc["twin", "all_match"] == False  # noqa: E712
     assert pd.isna(out.loc["real", "truth"]) and pd.isna(out.loc["real", "all_match"])
     assert out["n_questions"].tolist() == [2, 2, 2]
+
+
+def test_projection_retrain_problem_names_why_a_projection_cannot_be_retrained():
+    from cxrlib.shortcuts import projection_retrain_problem
+
+    ids = [f"i{k}" for k in range(12)]
+    subset = pd.DataFrame({"image_id": ids, "label": ["control", "covid19"] * 6})
+    plan = pd.DataFrame({"image_id": ids, "group": ids, "repetition": 0,
+                         "fold": [0, 0, 1, 1] * 3})  # every class in both folds
+    assert projection_retrain_problem(subset, plan, fold=0) is None
+    assert projection_retrain_problem(subset.assign(label="control"), plan) == "1 class(es) only"
+    assert projection_retrain_problem(subset, plan.assign(fold=1), fold=0) == \
+        "no image in test fold 0"
+    assert projection_retrain_problem(subset, plan.assign(fold=0), fold=0) == \
+        "no image outside fold 0 to train on"
+    # covid19 only in the test fold, or only among images the plan does not hold (QC-failed)
+    only_test = plan.assign(fold=[0 if lab == "covid19" else f for lab, f in
+                                  zip(subset["label"], plan["fold"])])
+    assert "no training image of covid19" in projection_retrain_problem(subset, only_test)
+    no_covid = plan[subset["label"] == "control"]
+    assert "no training image of covid19" in projection_retrain_problem(subset, no_covid)

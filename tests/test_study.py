@@ -23,8 +23,25 @@ def _study(root, cohort="arias", knob=1.0, seed=0, profile="smoke", preset="aria
 def test_stamp_says_what_the_run_is(tmp_path):
     study = _study(tmp_path, knob=0.0, seed=3)
     assert study.stamp() == {"cohort": "arias", "preset": "arias", "shortcut": 0.0,
-                             "profile": "smoke", "seed": 3}
+                             "profile": "smoke", "seed": 3, "profile_overrides": {}}
     assert _study(tmp_path, knob=None).shortcut is None
+    # a profile changed from the command line is part of what the run is
+    changed = get_profile("smoke", {"cls_folds": 1, "cam_road_percentiles": [20, 80]})
+    stamp = Study(profile=changed, cohort="arias", preset="arias", manifest=study.manifest,
+                  manifest_path=tmp_path / "m.csv", run=study.run, seed=3).stamp()
+    assert stamp["profile"] == "smoke"
+    assert stamp["profile_overrides"] == {"cls_folds": 1, "cam_road_percentiles": [20, 80]}
+
+
+def test_twin_run_with_other_profile_overrides_is_refused(tmp_path):
+    planted = _study(tmp_path, knob=1.0)
+    _study(tmp_path, cohort="arias-noshortcut", knob=0.0)
+    assert shortcut_twin_run(planted)[0] is not None
+    twin_stamp = planted.run.root.parent / "arias-noshortcut" / "artifacts" / STAMP_FILE
+    stamp = json.loads(twin_stamp.read_text())
+    twin_stamp.write_text(json.dumps({**stamp, "profile_overrides": {"cls_folds": 1}}))
+    folder, why = shortcut_twin_run(planted)
+    assert folder is None and "profile_overrides" in why
 
 
 def test_planted_cohort_finds_its_twin_only_when_it_matches(tmp_path):

@@ -7,8 +7,12 @@ Layout read::
     ROOT/images/<imagename>                   (Actualmed: CR.1.2.840...png, DX.1.2...png)
 
 The Figure 1 set ships the same header without ``imagename``; its files are named after
-``patientid`` with an optional letter suffix (``COVID-00003a.jpg``, ``COVID-00003b.jpg``), and
-its rows are imported with ``source = figure1``.
+``patientid`` with an optional letter suffix (``COVID-00003a.jpg``, ``COVID-00003b.jpg``, any
+image extension), and its rows are imported with ``source = figure1``.
+
+``metadata.csv`` may be UTF-8 (with or without BOM) or cp1252 (the Figure 1 release writes a
+degree sign in a note so); the encoding read is noted in the sidecar. Image files under
+``images/`` that no row names are reported ("image file not listed in the metadata").
 
 Mapping
 -------
@@ -31,16 +35,19 @@ from cxrlib.dicom import parse_sex
 from cxrlib.importers.common import (
     ImportOptions,
     ImportResult,
+    IMAGE_SUFFIXES,
     file_index,
     finish_import,
     parse_age_years,
     read_table,
+    text_encodings,
 )
 
 SOURCE = "actualmed"
 FIGURE1_SOURCE = "figure1"
 COLUMNS = ("patientid", "offset", "sex", "age", "finding", "survival", "temperature",
            "pO2 saturation", "view", "modality", "artifacts/distortion", "notes")
+_SUFFIXES = "|".join(re.escape(s[1:]) for s in IMAGE_SUFFIXES)
 FINDINGS = {"covid-19": "covid19", "no finding": "control", "pneumonia": "pneumonia"}
 _VIEW_WORDS = {"PA": "PA", "AP": "AP", "L": "LAT", "LAT": "LAT", "LATERAL": "LAT"}
 
@@ -70,7 +77,7 @@ def import_actualmed(root: str | Path, options: ImportOptions | None = None) -> 
     table = read_table(root / "metadata.csv", "actualmed", required=COLUMNS)
     figure1 = "imagename" not in table.columns
     source = FIGURE1_SOURCE if figure1 else SOURCE
-    files = file_index(root, (".png", ".jpg", ".jpeg")) if figure1 else {}
+    files = file_index(root) if figure1 else {}
     records = []
     for values in table.to_dict("records"):
         label, reason = finding_to_label(values["finding"], values["notes"])
@@ -79,7 +86,7 @@ def import_actualmed(root: str | Path, options: ImportOptions | None = None) -> 
                 "projection": view_to_projection(values["view"])}
         if figure1:
             pid = str(values["patientid"]).strip()
-            pattern = re.compile(re.escape(pid) + r"[a-z]?\.(png|jpe?g)", re.IGNORECASE)
+            pattern = re.compile(re.escape(pid) + rf"[a-z]?\.({_SUFFIXES})", re.IGNORECASE)
             names = sorted(n for n in files if pattern.fullmatch(n))
             paths = [files[n] for n in names] or [f"images/{pid}.jpg"]
         elif pd.isna(values["imagename"]):
@@ -92,5 +99,6 @@ def import_actualmed(root: str | Path, options: ImportOptions | None = None) -> 
             base["sensor"] = prefix if prefix in ("CR", "DX") else None
         for rel in paths:
             records.append({**base, "image_id": f"{source}/{rel}", "path": rel})
-    return finish_import(records, root, source, options,
-                         meta={"importer": "actualmed", "layout": source})
+    return finish_import(records, root, source, options, scan=("images",),
+                         meta={"importer": "actualmed", "layout": source,
+                               "metadata_encodings": text_encodings(table)})

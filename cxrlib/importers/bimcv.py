@@ -19,12 +19,16 @@ Mapping
 - pixels: when the sidecar says MONOCHROME1 or carries a window (``00281050``/``00281051``),
   the PNG goes through the DICOM display pipeline (rescale ``00281052``/``00281053``, window,
   inversion) into the cache; otherwise the PNG is used as it is;
-- dropped: body parts other than chest (``bp-`` token), sidecars without their PNG.
+- dropped: body parts other than chest (``bp-`` token), sidecars without their PNG, sidecars
+  that are not JSON, ``sub-*`` PNG or JSON files whose name is not a BIMCV name;
+- text files (``participants.tsv``, the sidecars) are decoded by
+  :func:`cxrlib.importers.common.read_text_file`; the encodings go to the sidecar.
 """
 from __future__ import annotations
 
 import ast
 import hashlib
+import io
 import json
 import os
 import re
@@ -50,7 +54,9 @@ from cxrlib.importers.common import (
     DEFAULT_CACHE_DIRNAME,
     ImportOptions,
     ImportResult,
+    encoding_summary,
     finish_import,
+    read_text_file,
     relpath,
 )
 
@@ -97,10 +103,13 @@ def parse_name_tokens(stem: str) -> dict | None:
 
 
 def _participants(root: Path) -> pd.DataFrame:
+    """participants.tsv as sex and age per ``sub-`` id; ``attrs["encoding"]`` holds the
+    encoding read (no attrs without the file)."""
     hits = sorted(root.glob("**/participants.tsv"))
     if not hits:
         return pd.DataFrame(columns=["sex", "age"])
-    df = pd.read_csv(hits[0], sep="\t", dtype=str, keep_default_na=False)
+    text, encoding = read_text_file(hits[0])
+    df = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False)
     if "participant" not in df:
         raise ValueError(f"bimcv: {hits[0]} lacks the 'participant' column; it has {list(df)}")
 
@@ -115,7 +124,23 @@ def _participants(root: Path) -> pd.DataFrame:
     out = pd.DataFrame(index=df["participant"].str.strip())
     out["sex"] = [parse_sex(v) for v in df.get("gender", pd.Series([""] * len(df)))]
     out["age"] = [one_age(v) for v in df.get("age", pd.Series([""] * len(df)))]
+    out.attrs["encoding"] = encoding
     return out
+
+
+def _read_sidecar(path: Path) -> tuple[dict, str | None, str | None]:
+    """``(tags, encoding, None)``, ``({}, None, None)`` without a sidecar, or
+    ``({}, encoding, reason)`` when it is not a JSON object."""
+    if not path.is_file():
+        return {}, None, None
+    text, encoding = read_text_file(path)
+    try:
+        tags = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return {}, encoding, f"sidecar {path.name} is not valid JSON: {exc}"
+    if not isinstance(tags, dict):
+        return {}, encoding, f"sidecar {path.name} is not a JSON object"
+    return tags, encoding, None
 
 
 def _needs_display_pipeline(sidecar: dict) -> bool:
@@ -156,17 +181,24 @@ def import_bimcv(root: str | Path, options: ImportOptions | None = None) -> Impo
             stem, ext = os.path.splitext(name)
             if ext.lower() in (".png", ".json") and stem.startswith("sub-"):
                 stems.setdefault(str(Path(dirpath, stem)), Path(dirpath, stem))
-    records = []
+    records, encodings = [], []
     for base in stems.values():
         tokens = parse_name_tokens(base.name)
-        if tokens is None:
-            continue
         png, side = base.with_suffix(".png"), base.with_suffix(".json")
-        sidecar = json.loads(side.read_text()) if side.is_file() else {}
         rel_png = relpath(png, root)
+        if tokens is None:
+            records.append({"image_id": f"{SOURCE}/{rel_png}", "path": rel_png,
+                            "drop_reason": f"file name {base.name!r} is not a BIMCV "
+                                           f"sub-*_ses-* name"})
+            continue
+        sidecar, encoding, sidecar_error = _read_sidecar(side)
+        if encoding:
+            encodings.append(encoding)
         rec = {"image_id": f"{SOURCE}/{rel_png}", "path": rel_png, "patient_raw": tokens["sub"],
                "label": "covid19"}
-        if tokens.get("bp", "chest").lower() != "chest":
+        if sidecar_error:
+            rec["drop_reason"] = sidecar_error
+        elif tokens.get("bp", "chest").lower() != "chest":
             rec["drop_reason"] = f"body part {tokens['bp']!r} is not chest"
         projection = _VP.get(tokens.get("vp", "").lower())
         if projection is None:
@@ -192,5 +224,8 @@ def import_bimcv(root: str | Path, options: ImportOptions | None = None) -> Impo
             except (ValueError, OSError) as exc:
                 rec["drop_reason"] = f"cannot apply the sidecar's display tags: {exc}"
         records.append(rec)
+    texts = {"participants.tsv": participants.attrs.get("encoding"),
+             "sidecars (*.json)": encoding_summary(encodings) if encodings else None}
     return finish_import(records, root, SOURCE, options,
-                         meta={"importer": "bimcv", "label_rule": "all images covid19"})
+                         meta={"importer": "bimcv", "label_rule": "all images covid19",
+                               "metadata_encodings": {k: v for k, v in texts.items() if v}})

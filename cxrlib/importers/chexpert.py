@@ -29,6 +29,7 @@ from cxrlib.importers.common import (
     finish_import,
     parse_age_years,
     read_table,
+    text_encodings,
 )
 
 SOURCE = "chexpert"
@@ -89,4 +90,6 @@ def import_chexpert(root: str | Path, options: ImportOptions | None = None) -> I
             "age": parse_age_years(values["Age"]),
             "projection": "LAT" if lateral else projection_from_view_position(values["AP/PA"]),
         })
-    return finish_import(records, root, SOURCE, options, meta={"importer": "chexpert"})
+    return finish_import(records, root, SOURCE, options, scan=(".",),
+                         meta={"importer": "chexpert",
+                               "metadata_encodings": text_encodings(*tables)})

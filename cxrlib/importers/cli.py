@@ -4,8 +4,9 @@
     python -m cxrlib corpus --config data_manifests/arias2020_corpus.yaml [-o OUT.csv]
 
 ``import`` writes the manifest (data root = ROOT), its sidecar, the QC report ``NAME.qc.csv``
-and, for COVIDGR's shipped folds, ``NAME.split_plan.csv``. ``corpus`` merges manifests as the
-config says, runs QC and prints the images per class and source.
+and, for COVIDGR's shipped folds, ``NAME.split_plan.csv``; it ends with the accounting line
+``accounting: N candidates = K in the manifest + D left out (QC report)``. ``corpus`` merges
+manifests as the config says, runs QC and prints the images per class and source.
 
 Each parser's ``func`` takes the parsed arguments and returns an exit code (0 success, 2 bad
 input, with the reason on stderr).
@@ -19,7 +20,7 @@ from pathlib import Path
 from cxrlib.corpus import compose_corpus, load_corpus_config, write_corpus
 from cxrlib.dicom import DicomError
 from cxrlib.importers import IMPORTERS, MAPPING_IMPORTERS, ImportOptions, run_importer
-from cxrlib.importers.common import write_import_result
+from cxrlib.importers.common import accounting_line, write_import_result
 from cxrlib.manifest import ManifestError
 
 _INPUT_ERRORS = (FileNotFoundError, ManifestError, DicomError, ValueError)
@@ -89,6 +90,7 @@ def run_import_command(args: argparse.Namespace) -> int:
     for name in ("report", "split_plan"):
         if name in written:
             print(f"{name.replace('_', ' ')}: {written[name]}")
+    print(accounting_line(result))  # raises if the counts do not add up: a bug, not bad input
     return 0
 
 

@@ -16,7 +16,10 @@ Mapping
 - projection: ``PA`` -> PA; ``AP``, ``AP Supine``, ``AP semi erect``, ``AP erect`` -> AP;
   ``L`` -> LAT; others empty;
 - sex ``M``/``F``; age when numeric; study date only when ``date`` is a full day
-  (``March 3, 2020``, ``2020-03-03``), never a bare year; patient ``patientid``.
+  (``March 3, 2020``, ``2020-03-03``), never a bare year; patient ``patientid``;
+- image files in the folders the ``folder`` column names that no row lists are reported
+  ("image file not listed in the metadata"); the encoding of ``metadata.csv`` goes to the
+  sidecar.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from cxrlib.importers.common import (
     finish_import,
     parse_age_years,
     read_table,
+    text_encodings,
 )
 
 SOURCE = "cohen"
@@ -75,9 +79,10 @@ def import_cohen(root: str | Path, options: ImportOptions | None = None) -> Impo
     options = options or ImportOptions()
     root = Path(root).resolve()
     table = read_table(root / "metadata.csv", "cohen", required=REQUIRED)
-    records = []
+    records, folders = [], set()
     for values in table.to_dict("records"):
         folder = values["folder"] if pd.notna(values["folder"]) else "images"
+        folders.add(str(folder).strip())
         rel = f"{str(folder).strip()}/{str(values['filename']).strip()}"
         label, reason = finding_to_label(values["finding"])
         modality = str(values["modality"]).strip() if pd.notna(values["modality"]) else ""
@@ -90,4 +95,5 @@ def import_cohen(root: str | Path, options: ImportOptions | None = None) -> Impo
             "age": parse_age_years(values["age"]), "projection": _VIEWS.get(view),
             "study_date": parse_full_date(values["date"]),
         })
-    return finish_import(records, root, SOURCE, options, meta={"importer": "cohen"})
+    return finish_import(records, root, SOURCE, options, scan=sorted(folders),
+                         meta={"importer": "cohen", "metadata_encodings": text_encodings(table)})

@@ -9,16 +9,27 @@ it found a trace of (a metadata row, a file), with the manifest's columns and:
   ``patient_id`` already pseudonymised);
 - ``drop_reason``: why the row is left out (``None`` to keep it).
 
-:func:`finish_import` then drops what must go (into the QC report, with the reason), checks
-that files exist, converts DICOM to cached 16-bit PNGs (filling sex, age, projection, sensor and
-study date from allow-listed tags where the metadata left them empty), pseudonymises patients,
-validates the manifest schema, hashes images and groups duplicates.
+:func:`finish_import` then drops what must go (into the QC report, with the reason), adds the
+image files of the scanned folders that no row names, checks that files exist and hold an image
+(told by content, :func:`cxrlib.images.image_format`), converts DICOM to cached 16-bit PNGs
+(filling sex, age, projection, sensor and study date from allow-listed tags where the metadata
+left them empty), pseudonymises patients, validates the manifest schema, hashes images and
+groups duplicates. Every candidate ends up in the manifest or in the QC report
+(:func:`accounting`).
+
+Metadata text files are decoded by :func:`read_text_file` (UTF-8 with or without BOM, else
+cp1252, else Latin-1); the encodings used go to the sidecar (``metadata_encodings``).
 """
 from __future__ import annotations
 
+import codecs
+import gzip
+import io
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -33,12 +44,22 @@ from cxrlib.dicom import (
     is_dicom_file,
     read_dicom_header,
 )
+from cxrlib.images import DICOM_SUFFIXES, image_format
 from cxrlib.manifest import COLUMNS, validate_manifest, write_manifest
 from cxrlib.pseudonym import key_fingerprint, pseudonymize_series, resolve_key
 
 #: Default cache folder, relative to the source root, for derived files (DICOM -> PNG, masks).
 DEFAULT_CACHE_DIRNAME = "cxrlib_cache"
 CANDIDATE_COLUMNS = (*COLUMNS, "patient_raw", "drop_reason")
+#: File name suffixes (any case) taken for images; files without one are told by content.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".tif", ".tiff", ".dcm", ".dicom")
+#: Encodings tried, in this order, on metadata text files: UTF-8 (a byte-order mark, if any, is
+#: dropped), Windows-1252 (files saved on Western-European Windows: a degree sign is byte 0xB0),
+#: Latin-1 (decodes any byte, so a file always decodes). A file that starts with a UTF-16
+#: byte-order mark (spreadsheets' "Unicode text") is read as UTF-16.
+TEXT_ENCODINGS = ("utf-8-sig", "cp1252", "latin-1")
+#: Reason given to image files of a scanned folder that no metadata row names.
+UNLISTED = "image file not listed in the metadata"
 #: The manifest's ``source`` value per importer key: the names of the source papers (seed 001
 #: Table III, seed 000), which the synthetic cohort and the audit tables use too. Keys not
 #: listed (generic importers) are written as they are. The key itself prefixes ``image_id`` and
@@ -107,10 +128,41 @@ def candidates_frame(records: list[dict] | pd.DataFrame) -> pd.DataFrame:
     return df[list(CANDIDATE_COLUMNS)].astype(object).reset_index(drop=True)
 
 
+def read_text_file(path: str | Path) -> tuple[str, str]:
+    """The text of a metadata file (CSV, TSV, TXT, JSON) and the encoding that decoded it.
+
+    ``.gz`` files are decompressed first. The encoding is the first of ``TEXT_ENCODINGS`` that
+    decodes every byte, named ``utf-8`` (no byte-order mark), ``utf-8-sig`` (a BOM, left out of
+    the text), ``cp1252`` or ``latin-1``; ``utf-16`` for a file with a UTF-16 BOM. Decoding
+    never fails (Latin-1 maps every byte to a character); line ends are left as they are.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if path.suffix.lower() == ".gz":
+        data = gzip.decompress(data)
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16"), "utf-16"
+        except UnicodeDecodeError:
+            pass
+    for encoding in TEXT_ENCODINGS:
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+        if encoding == "utf-8-sig" and not data.startswith(codecs.BOM_UTF8):
+            encoding = "utf-8"
+        return text, encoding
+    raise AssertionError("unreachable: latin-1 decodes any byte")
+
+
 def read_table(path: Path, what: str, required: tuple[str, ...] = (), **kwargs) -> pd.DataFrame:
     """Read a CSV/TSV metadata file as strings (blank cells -> NA) and check its columns.
 
-    The separator is a tab for ``.tsv`` files, else a comma, unless ``sep=`` is given.
+    The text is decoded by :func:`read_text_file`; the frame's ``attrs`` hold the file name
+    (``"file"``) and the encoding used (``"encoding"``), for :func:`text_encodings`. The
+    separator is a tab for ``.tsv`` files, else a comma, unless ``sep=`` is given (``sep=None``
+    lets pandas sniff it; pass ``engine="python"`` then).
 
     Raises
     ------
@@ -119,12 +171,30 @@ def read_table(path: Path, what: str, required: tuple[str, ...] = (), **kwargs) 
     if not path.is_file():
         raise FileNotFoundError(f"{what}: metadata file not found: {path}")
     sep = kwargs.pop("sep", "\t" if path.name.endswith((".tsv", ".tsv.gz")) else ",")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, **kwargs)
+    text, encoding = read_text_file(path)
+    df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=sep, **kwargs)
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise ValueError(f"{what}: {path} lacks column(s) {missing}; it has {list(df.columns)}")
-    return df.replace({"": pd.NA})
+    df = df.replace({"": pd.NA})
+    df.attrs.update(file=path.name, encoding=encoding)
+    return df
+
+
+def text_encodings(*tables: pd.DataFrame) -> dict[str, str]:
+    """File name -> encoding of tables read by :func:`read_table`, for the sidecar's
+    ``metadata_encodings``."""
+    return {t.attrs["file"]: t.attrs["encoding"] for t in tables if "file" in t.attrs}
+
+
+def encoding_summary(encodings: Iterable[str]) -> str:
+    """The encodings of a set of files in one string: ``"utf-8"`` when they all share it, else
+    each with its count, most frequent first (``"utf-8 (660), cp1252 (2)"``)."""
+    counts = Counter(encodings).most_common()
+    if len(counts) == 1:
+        return counts[0][0]
+    return ", ".join(f"{name} ({n})" for name, n in counts)
 
 
 def find_first(root: Path, names: tuple[str, ...], what: str) -> Path:
@@ -136,16 +206,76 @@ def find_first(root: Path, names: tuple[str, ...], what: str) -> Path:
     raise FileNotFoundError(f"{what}: none of {list(names)} found under {root}")
 
 
-def file_index(root: Path, suffixes: tuple[str, ...]) -> dict[str, str]:
-    """File name -> path relative to ``root`` (POSIX) for every file with one of ``suffixes``
-    anywhere under ``root`` (first one in sorted order wins; the cache folder is skipped)."""
-    index: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d != DEFAULT_CACHE_DIRNAME)
+def may_be_image(path: Path) -> bool:
+    """True for a file with an image suffix (``IMAGE_SUFFIXES``, any case), or with no word for
+    a suffix (none, or digits as in DICOM files named by their UID) and an image's content
+    (:func:`cxrlib.images.image_format`). Files with another suffix are not opened."""
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return True
+    return (not suffix or suffix[1:].isdigit()) and image_format(path) is not None
+
+
+def walk_files(folder: Path, skip: Iterable[Path] = ()) -> Iterator[Path]:
+    """Every file under ``folder``, in sorted order, skipping folders named like the default
+    cache folder and the folders in ``skip``."""
+    skip = {Path(p).resolve() for p in skip}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if d != DEFAULT_CACHE_DIRNAME
+                             and not (skip and Path(dirpath, d).resolve() in skip))
         for name in sorted(filenames):
-            if name.lower().endswith(suffixes) and name not in index:
-                index[name] = Path(dirpath, name).relative_to(root).as_posix()
+            yield Path(dirpath, name)
+
+
+def file_index(root: Path) -> dict[str, str]:
+    """File name -> path relative to ``root`` (POSIX) for every image file
+    (:func:`may_be_image`) anywhere under ``root`` (first one in sorted order wins; the cache
+    folder is skipped)."""
+    index: dict[str, str] = {}
+    for path in walk_files(root):
+        if path.name not in index and may_be_image(path):
+            index[path.name] = path.relative_to(root).as_posix()
     return index
+
+
+def non_image_reason(path: Path) -> str:
+    """Why a file is not read as an image, for the QC report: ``not an image: empty file``,
+    ``not an image: text file``, or ``unrecognised file format (...)`` with its first bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as exc:
+        return f"unreadable file: {exc.strerror or exc}"
+    if not head:
+        return "not an image: empty file"
+    text = head.decode("utf-8", errors="ignore")
+    if b"\x00" not in head and text and all(c.isprintable() or c.isspace() for c in text):
+        return "not an image: text file"
+    return (f"unrecognised file format (not PNG, JPEG, TIFF or DICOM): first bytes "
+            f"{head[:8].hex(' ')}")
+
+
+def unlisted_images(cand: pd.DataFrame, root: Path, source: str, folders: Iterable[str],
+                    skip: Iterable[Path] = ()) -> pd.DataFrame:
+    """Candidate rows (dropped, ``UNLISTED``) for the image files (:func:`may_be_image`) under
+    ``folders`` (relative to ``root``; ``skip`` and the cache folder left out) that no row of
+    ``cand`` names in ``path``; the reason names the listed file of the same name, if any."""
+    listed = {os.path.normpath(p) for p in cand["path"] if isinstance(p, str)}
+    by_name = {Path(p).name: p for p in sorted(listed)}
+    records = []
+    for folder in sorted({os.path.normpath(f) for f in folders}):
+        if not (root / folder).resolve().is_relative_to(root.resolve()):
+            continue  # a folder named outside ROOT is not scanned
+        for path in walk_files(root / folder, skip):
+            rel = path.relative_to(root).as_posix()
+            if os.path.normpath(rel) in listed or not may_be_image(path):
+                continue
+            reason = UNLISTED
+            if path.name in by_name:
+                reason += f" (the metadata row of that name uses {by_name[path.name]})"
+            records.append({"image_id": f"{source}/{rel}", "path": rel, "drop_reason": reason})
+            listed.add(os.path.normpath(rel))
+    return candidates_frame(records)
 
 
 def relpath(path: Path, root: Path) -> str:
@@ -214,12 +344,24 @@ def convert_dicom_rows(cand: pd.DataFrame, root: Path, cache_dir: Path, key: byt
     return cand
 
 
-def _missing_file_reasons(cand: pd.DataFrame, root: Path) -> pd.Series:
+def _file_reasons(cand: pd.DataFrame, root: Path) -> pd.Series:
+    """Why kept rows cannot be imported: image or mask file absent, or an image file whose
+    content is no format read here (files named ``.dcm``/``.dicom`` are left to the DICOM
+    reader, which gives its own reason)."""
     reasons = pd.Series(pd.NA, index=cand.index, dtype=object)
-    for col in ("path", "lung_mask_path", "lesion_mask_path"):
-        for i, rel in cand[col].items():
-            if pd.isna(reasons[i]) and isinstance(rel, str) and not (root / rel).is_file():
+    for i in cand.index[cand["drop_reason"].isna()]:
+        for col in ("path", "lung_mask_path", "lesion_mask_path"):
+            rel = cand.at[i, col]
+            if not isinstance(rel, str):
+                continue
+            file = root / rel
+            if not file.is_file():
                 reasons[i] = f"{'image' if col == 'path' else col} file not found: {rel}"
+            elif (col == "path" and file.suffix.lower() not in DICOM_SUFFIXES
+                  and image_format(file) is None):
+                reasons[i] = non_image_reason(file)
+            if pd.notna(reasons[i]):
+                break
     return reasons
 
 
@@ -232,21 +374,26 @@ def finish_import(
     meta: dict | None = None,
     extra_report: pd.DataFrame | None = None,
     patient_per_image: bool = False,
+    scan: Iterable[str] = (),
 ) -> ImportResult:
     """Turn a candidate table into a validated manifest and its QC report.
 
     ``source`` is the importer key (``"nih"``, or a generic importer's own name): it namespaces
     the pseudonyms, and its ``SOURCE_NAMES`` entry fills the ``source`` column.
 
-    Steps: rows with a ``drop_reason`` go to the report; rows whose image (or mask) file is
-    absent go to the report ("image file not found"); DICOM files are converted
-    (:func:`convert_dicom_rows`); ``patient_raw`` is pseudonymised with the key; rows without
-    a patient or with a label outside the schema go to the report; with ``options.hash_images`` the
-    images are hashed and duplicates grouped (``qc_patient_group``) and flagged. Every
-    candidate row ends up in the manifest or in the report. ``extra_report`` rows (the
-    importer's own flags) are appended to the report. With ``patient_per_image``, a row that
-    still has no patient (no id in the metadata, no DICOM ``PatientID``) counts as its own
-    patient (pseudonym of its ``image_id``) instead of being dropped.
+    Steps: the image files under the ``scan`` folders (relative to ``root``; the cache folder
+    left out) that no row names are added, dropped as "image file not listed in the metadata";
+    rows with a ``drop_reason`` go to the report; rows whose image (or mask) file is absent go
+    to the report ("image file not found"), and so do image files whose content is not an
+    image format read here ("not an image: ...", "unrecognised file format ..."); DICOM files
+    (by name or content) are converted (:func:`convert_dicom_rows`); ``patient_raw`` is
+    pseudonymised with the key; rows without a patient or with a label outside the schema go
+    to the report; with ``options.hash_images`` the images are hashed and duplicates grouped
+    (``qc_patient_group``) and flagged. Every candidate row ends up in the manifest or in the
+    report (checked: :func:`accounting`). ``extra_report`` rows (the importer's own flags) are
+    appended to the report. With ``patient_per_image``, a row that still has no patient (no id
+    in the metadata, no DICOM ``PatientID``) counts as its own patient (pseudonym of its
+    ``image_id``) instead of being dropped.
     """
     root = Path(root).resolve()
     cand = candidates_frame(cand)
@@ -255,8 +402,13 @@ def finish_import(
     key = resolve_key(options.key)
     cache_dir = Path(options.cache_dir) if options.cache_dir else root / DEFAULT_CACHE_DIRNAME
 
-    missing = _missing_file_reasons(cand, root)
-    cand["drop_reason"] = cand["drop_reason"].where(cand["drop_reason"].notna(), missing)
+    scan = list(scan)
+    if scan:
+        unlisted = unlisted_images(cand, root, source, scan, skip=[cache_dir])
+        cand = pd.concat([cand, unlisted], ignore_index=True) if len(unlisted) else cand
+        cand["source"] = name
+    bad_files = _file_reasons(cand, root)
+    cand["drop_reason"] = cand["drop_reason"].where(cand["drop_reason"].notna(), bad_files)
     cand = convert_dicom_rows(cand, root, cache_dir, key, source, options.progress,
                               options.n_jobs)
 
@@ -301,8 +453,34 @@ def finish_import(
         "n_dropped": int(len(dropped)),
     }
     info.update(meta or {})
-    return ImportResult(source=name, manifest=manifest, report=report, root=root,
-                        split_plan=split_plan, meta=info)
+    result = ImportResult(source=name, manifest=manifest, report=report, root=root,
+                          split_plan=split_plan, meta=info)
+    accounting(result)  # raises if a candidate went missing
+    return result
+
+
+def accounting(result: ImportResult) -> dict[str, int]:
+    """How an import's candidates were shared out: ``{"candidates": N, "in_manifest": K,
+    "left_out": D}`` with ``N = K + D``. ``left_out`` counts the report's ``dropped`` rows
+    (``flagged`` rows are in the manifest).
+
+    Raises
+    ------
+    RuntimeError if the counts do not add up: a candidate was lost or counted twice, a bug.
+    """
+    counts = {"candidates": int(result.meta["n_candidates"]),
+              "in_manifest": int(len(result.manifest)),
+              "left_out": int((result.report["action"] == "dropped").sum())}
+    if counts["in_manifest"] + counts["left_out"] != counts["candidates"]:
+        raise RuntimeError(f"{result.source} import lost track of rows: {counts}")
+    return counts
+
+
+def accounting_line(result: ImportResult) -> str:
+    """``accounting: N candidates = K in the manifest + D left out (QC report)``."""
+    c = accounting(result)
+    return (f"accounting: {c['candidates']} candidates = {c['in_manifest']} in the manifest + "
+            f"{c['left_out']} left out (QC report)")
 
 
 def write_import_result(result: ImportResult, csv_path: str | Path) -> dict[str, Path]:

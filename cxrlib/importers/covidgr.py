@@ -14,6 +14,9 @@ Mapping
   moderate/severe, matched on ``Name`` (with or without the extension); empty for N;
 - projection: PA for every image (the release is PA only, stated by its authors);
 - sex, age, sensor: empty (not given per image);
+- every file under ``N/`` and ``P/`` is a candidate (images told by content; other files are
+  reported), and so is every ``severity.csv`` row: one naming no file is reported as
+  "image file not found: P/<Name>";
 - patient: the release has no patient id; each image counts as its own patient (the paper
   describes one image per patient);
 - folds: the shipped 5 x 5-fold folders become a split plan (``split_plan`` of the result)
@@ -30,13 +33,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrlib.importers.common import ImportOptions, ImportResult, finish_import, read_table
+from cxrlib.importers.common import (
+    IMAGE_SUFFIXES,
+    ImportOptions,
+    ImportResult,
+    finish_import,
+    read_table,
+    text_encodings,
+    walk_files,
+)
 from cxrlib.splits import PLAN_COLUMNS, check_split_plan, split_groups
 
 SOURCE = "covidgr"
 SEVERITIES = {"NORMAL-PCR+": "normal_pcr_pos", "MILD": "mild", "MODERATE": "moderate",
               "SEVERE": "severe"}
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _REPETITION = re.compile(r"5fcv(\d+)$", re.IGNORECASE)
 _PARTITION = re.compile(r"partition(\d+)$", re.IGNORECASE)
 
@@ -58,7 +68,7 @@ def read_shipped_folds(folds_roots: list[Path]) -> pd.DataFrame:
                 for subset in ("train", "val", "test"):
                     for cls in ("N", "P"):
                         for f in sorted((part_dir / subset / cls).glob("*")):
-                            if f.suffix.lower() in _IMAGE_SUFFIXES:
+                            if f.suffix.lower() in IMAGE_SUFFIXES:
                                 rows.append({"name": f"{cls}/{f.name}",
                                              "repetition": int(rep.group(1)) - 1,
                                              "fold": int(part.group(1)), "subset": subset})
@@ -107,25 +117,30 @@ def import_covidgr(root: str | Path, options: ImportOptions | None = None) -> Im
     if not (root / "N").is_dir() and not (root / "P").is_dir():
         raise FileNotFoundError(f"covidgr: neither N/ nor P/ folder under {root}")
     severity_file = root / "severity.csv"
-    severity = {}
+    severity, meta = {}, {"importer": "covidgr"}
     if severity_file.is_file():
         table = read_table(severity_file, "covidgr", required=("Name", "Severity"))
+        meta["metadata_encodings"] = text_encodings(table)
         for name, value in zip(table["Name"], table["Severity"]):
             if pd.notna(name):
                 severity[str(name).strip()] = value
-    records = []
+    records, used = [], set()
     for cls, label in (("N", "control"), ("P", "covid19")):
-        for f in sorted((root / cls).glob("*")):
-            if f.suffix.lower() not in _IMAGE_SUFFIXES:
-                continue
-            rel = f"{cls}/{f.name}"
+        for f in walk_files(root / cls):
+            rel = f.relative_to(root).as_posix()
             rec = {"image_id": f"{SOURCE}/{rel}", "path": rel, "patient_raw": rel,
                    "label": label, "projection": "PA"}
-            raw = severity.get(f.name, severity.get(f.stem))
+            name = f.name if f.name in severity else f.stem
+            used.add(name)
+            raw = severity.get(name)
             if cls == "P" and raw is not None and pd.notna(raw):
                 rec["severity"] = SEVERITIES.get(str(raw).strip().upper())
             records.append(rec)
-    result = finish_import(records, root, SOURCE, options, meta={"importer": "covidgr"})
+    for name in sorted(set(severity) - used):  # rows naming no file: reported, not lost
+        rel = f"P/{name}"
+        records.append({"image_id": f"{SOURCE}/{rel}", "path": rel, "patient_raw": rel,
+                        "label": "covid19", "projection": "PA"})
+    result = finish_import(records, root, SOURCE, options, meta=meta)
     folds = read_shipped_folds([root, root.parent])
     if len(folds) and len(result.manifest):
         plan, notes = shipped_split_plan(folds, result.manifest)

@@ -1,7 +1,10 @@
 """Two generic importers driven by a small mapping file (YAML or JSON).
 
 ``folders``: one folder per class under ROOT; PNG, JPEG, TIFF and DICOM files alike, at any
-depth below the class folder::
+depth below the class folder, told by content whatever their name (``.jfif``, ``.JPG``, a DICOM
+without extension). Every file under a class folder is a candidate: one that is not an image
+goes to the QC report with the reason (``not an image: text file``, ``unrecognised file
+format ...``), and so do image files directly under ROOT (no class)::
 
     source: kaggle_pneumonia              # required: the manifest's source name
     labels: {NORMAL: control, PNEUMONIA: pneumonia}   # class folder -> label (folders named
@@ -43,7 +46,6 @@ import yaml
 
 from cxrlib import qc
 from cxrlib.dicom import (
-    is_dicom_file,
     parse_dicom_age,
     parse_dicom_date,
     parse_sex,
@@ -55,11 +57,15 @@ from cxrlib.importers.common import (
     ImportResult,
     candidates_frame,
     finish_import,
+    may_be_image,
+    non_image_reason,
     read_table,
+    read_text_file,
+    text_encodings,
 )
+from cxrlib.images import DICOM_SUFFIXES, image_format
 from cxrlib.manifest import COLUMNS, LABELS, SEVERITIES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
 _FOLDERS_KEYS = {"source", "labels", "patient_regex", "constants"}
 _CSV_KEYS = {"source", "csv", "sep", "columns", "values", "path", "image_id", "constants"}
 _TARGETS = set(COLUMNS) - {"source"}
@@ -70,7 +76,7 @@ def load_mapping(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mapping file not found: {path}")
-    text = path.read_text()
+    text, _ = read_text_file(path)
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
@@ -142,6 +148,23 @@ def _age(value) -> float | None:
     return years if 0 <= years <= 120 else None
 
 
+def _file_reason(path: Path, folder: str | None, label: str | None,
+                 regex: re.Pattern | None) -> str | None:
+    """Why a file of a folder set is left out (``None``: it is not). ``folder`` is its class
+    folder (``None``: directly under ROOT), ``label`` that folder's label. A file is an image by
+    content (a file named ``.dcm``/``.dicom`` is left to the DICOM reader)."""
+    if path.suffix.lower() not in DICOM_SUFFIXES and image_format(path) is None:
+        return non_image_reason(path)
+    if folder is None:
+        return "image outside any class folder (label unknown)"
+    if label is None:
+        return (f"class folder {folder!r} is not mapped to a label "
+                f"(add it under 'labels' in the mapping file)")
+    if regex is not None and not regex.search(path.name):
+        return f"patient_regex {regex.pattern!r} does not match the file name"
+    return None
+
+
 def import_folders(root: str | Path, options: ImportOptions | None = None,
                    mapping: dict | str | Path | None = None) -> ImportResult:
     """Import a folder-per-class set (see the module docstring for the mapping file).
@@ -157,31 +180,26 @@ def import_folders(root: str | Path, options: ImportOptions | None = None,
     source = str(mapping["source"])
     labels = {str(k): v for k, v in (mapping.get("labels") or {}).items()}
     regex = re.compile(mapping["patient_regex"]) if mapping.get("patient_regex") else None
+    cache_dir = Path(options.cache_dir).resolve() if options.cache_dir else None
     folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name != DEFAULT_CACHE_DIRNAME
-                     and not p.name.startswith("."))
+                     and not p.name.startswith(".") and p.resolve() != cache_dir)
     if not folders:
         raise FileNotFoundError(f"folders: no class folder under {root}")
     records = [{"image_id": f"{source}/{f.name}", "path": f.name,
-                "drop_reason": "image outside any class folder (label unknown)"}
-               for f in sorted(root.iterdir())
-               if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+                "drop_reason": _file_reason(f, None, None, None)}
+               for f in sorted(root.iterdir()) if f.is_file() and may_be_image(f)]
     for folder in folders:
         label = labels.get(folder.name, folder.name if folder.name in LABELS else None)
         for f in sorted(folder.rglob("*")):
-            if not f.is_file() or not (f.suffix.lower() in IMAGE_SUFFIXES or is_dicom_file(f)):
+            if not f.is_file():
                 continue
             rel = f.relative_to(root).as_posix()
             rec = {"image_id": f"{source}/{rel}", "path": rel, "label": label,
+                   "drop_reason": _file_reason(f, folder.name, label, regex),
                    **(mapping.get("constants") or {})}
-            if label is None:
-                rec["drop_reason"] = (f"class folder {folder.name!r} is not mapped to a label "
-                                      f"(add it under 'labels' in the mapping file)")
             if regex is not None:
                 match = regex.search(f.name)
                 rec["patient_raw"] = match.group(1) if match else None
-                if not match:
-                    rec["drop_reason"] = rec.get("drop_reason") or (
-                        f"patient_regex {regex.pattern!r} does not match the file name")
             records.append(rec)
     cand, flags = normalise_values(candidates_frame(records))
     return finish_import(cand, root, source, options, extra_report=flags,
@@ -241,4 +259,5 @@ def import_csv(root: str | Path, options: ImportOptions | None = None,
                          patient_per_image=not has_patient,
                          meta={"importer": "csv", "mapping": mapping,
                                "patient_rule": "mapped column" if has_patient else
-                               "DICOM PatientID, else one patient per image"})
+                               "DICOM PatientID, else one patient per image",
+                               "metadata_encodings": text_encodings(table)})

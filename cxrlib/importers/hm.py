@@ -20,7 +20,10 @@ Mapping
   ``PatientSex``;
 - projection: ``ViewPosition``, else the study/series description when it names exactly one
   projection (``RX TORAX AP`` = AP); sensor: ``Modality`` (CR/DX); study date: ``StudyDate``;
-- non-radiographs (CT, secondary captures), multi-frame and colour files are dropped.
+- non-radiographs (CT, secondary captures), multi-frame and colour files are dropped;
+- the clinical CSV is decoded by :func:`cxrlib.importers.common.read_text_file` (UTF-8, else
+  cp1252, else Latin-1; the sidecar records which). Its rows describe patients, not images:
+  the candidates are the DICOM files.
 """
 from __future__ import annotations
 
@@ -37,7 +40,9 @@ from cxrlib.importers.common import (
     ImportResult,
     finish_import,
     parse_age_years,
+    read_table,
     relpath,
+    text_encodings,
 )
 from cxrlib.pseudonym import pseudonymize, resolve_key
 
@@ -51,7 +56,8 @@ def normalise_column(name: str) -> str:
 
 
 def read_clinical_table(root: Path, clinical_csv: str | Path | None = None) -> pd.DataFrame:
-    """The clinical CSV with normalised column names (``PATIENTID``, ``DIAGING_INPAT``...)."""
+    """The clinical CSV with normalised column names (``PATIENTID``, ``DIAGING_INPAT``...),
+    separator sniffed; ``attrs`` as :func:`cxrlib.importers.common.read_table` sets them."""
     if clinical_csv is not None:
         candidates = [Path(clinical_csv) if Path(clinical_csv).is_absolute()
                       else root / clinical_csv]
@@ -60,11 +66,10 @@ def read_clinical_table(root: Path, clinical_csv: str | Path | None = None) -> p
     for path in candidates:
         if not path.is_file():
             continue
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, sep=None, engine="python",
-                         encoding_errors="replace")
+        df = read_table(path, "hm", sep=None, engine="python")
         df.columns = [normalise_column(c) for c in df.columns]
         if {"PATIENTID", "DIAGING_INPAT"} <= set(df.columns):
-            return df.replace({"": pd.NA})
+            return df
     raise FileNotFoundError(
         f"hm: no clinical CSV with columns 'PATIENT ID' and 'DIAG ING/INPAT' (or PATIENTID, "
         f"DIAGING_INPAT) among {[str(p) for p in candidates] or 'the CSV files of ' + str(root)}")
@@ -95,7 +100,8 @@ def import_hm(root: str | Path, options: ImportOptions | None = None,
     options = options or ImportOptions()
     root = Path(root).resolve()
     key = resolve_key(options.key)
-    patients = _patients(read_clinical_table(root, clinical_csv), key)
+    clinical_table = read_clinical_table(root, clinical_csv)
+    patients = _patients(clinical_table, key)
     records = []
     for path in iter_dicom_files(root):
         rel = relpath(path, root)
@@ -124,4 +130,5 @@ def import_hm(root: str | Path, options: ImportOptions | None = None,
             rec["age"] = header.age if header.age is not None else clinical["age"]
         records.append(rec)
     return finish_import(records, root, SOURCE, options,
-                         meta={"importer": "hm", "label_rule": f"DIAGING_INPAT == {POSITIVE!r}"})
+                         meta={"importer": "hm", "label_rule": f"DIAGING_INPAT == {POSITIVE!r}",
+                               "metadata_encodings": text_encodings(clinical_table)})

@@ -31,6 +31,7 @@ from cxrlib.importers.common import (
     find_first,
     finish_import,
     read_table,
+    text_encodings,
 )
 
 SOURCE = "mimic"
@@ -51,13 +52,14 @@ def import_mimic(root: str | Path, options: ImportOptions | None = None) -> Impo
     metadata = read_table(find_first(root, (f"{PREFIX}metadata.csv", f"{PREFIX}metadata.csv.gz"),
                                      "mimic"), "mimic",
                           required=("dicom_id", *_KEYS, "ViewPosition", "StudyDate"))
-    labellers = {}
+    labellers, encodings = {}, text_encodings(metadata)
     for name in ("chexpert", "negbio"):
         for suffix in (".csv", ".csv.gz"):
             path = root / f"{PREFIX}{name}{suffix}"
             if path.is_file():
-                labellers[name] = _study_labels(read_table(
-                    path, "mimic", required=(*_KEYS, "Pneumonia", "No Finding")))
+                table = read_table(path, "mimic", required=(*_KEYS, "Pneumonia", "No Finding"))
+                labellers[name] = _study_labels(table)
+                encodings.update(text_encodings(table))
                 break
     if not labellers:
         raise FileNotFoundError(f"mimic: neither {PREFIX}chexpert.csv nor {PREFIX}negbio.csv "
@@ -80,5 +82,6 @@ def import_mimic(root: str | Path, options: ImportOptions | None = None) -> Impo
             "projection": projection_from_view_position(values["ViewPosition"]),
             "study_date": parse_dicom_date(values["StudyDate"]),
         })
-    return finish_import(records, root, SOURCE, options,
-                         meta={"importer": "mimic", "labellers": sorted(labellers)})
+    return finish_import(records, root, SOURCE, options, scan=("files",),
+                         meta={"importer": "mimic", "labellers": sorted(labellers),
+                               "metadata_encodings": encodings})

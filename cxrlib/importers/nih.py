@@ -27,6 +27,7 @@ from cxrlib.importers.common import (
     find_first,
     finish_import,
     read_table,
+    text_encodings,
 )
 
 SOURCE = "nih"
@@ -54,7 +55,7 @@ def import_nih(root: str | Path, options: ImportOptions | None = None) -> Import
     csv = find_first(root, ("Data_Entry_2017.csv", "Data_Entry_2017*.csv", "**/Data_Entry_*.csv"),
                      "nih")
     table = read_table(csv, "nih", required=REQUIRED)
-    files = file_index(root, (".png",))
+    files = file_index(root)
     records = []
     for values in table.to_dict("records"):
         name = str(values["Image Index"]).strip()
@@ -67,4 +68,5 @@ def import_nih(root: str | Path, options: ImportOptions | None = None) -> Import
             "projection": projection_from_view_position(values["View Position"]),
             "sensor": "DX",
         })
-    return finish_import(records, root, SOURCE, options, meta={"importer": "nih"})
+    return finish_import(records, root, SOURCE, options, scan=(".",),
+                         meta={"importer": "nih", "metadata_encodings": text_encodings(table)})

@@ -14,7 +14,10 @@ Mapping
   ``Patient's Age: 035Y`` (months and days are converted to years);
 - projection PA and the sensor stated by the source paper (Shenzhen DX, Montgomery CR);
 - patient: one per image (the stem without its label digit): the sets give no patient id and
-  hold one radiograph per person.
+  hold one radiograph per person;
+- every file in ``CXR_png`` is a candidate: images by suffix (any image extension, any case)
+  or content; other files (``Thumbs.db``) are reported, not skipped; readings are decoded by
+  :func:`cxrlib.importers.common.read_text_file` and their encodings noted in the sidecar.
 """
 from __future__ import annotations
 
@@ -31,7 +34,11 @@ from cxrlib.importers.common import (
     DEFAULT_CACHE_DIRNAME,
     ImportOptions,
     ImportResult,
+    encoding_summary,
     finish_import,
+    may_be_image,
+    non_image_reason,
+    read_text_file,
     relpath,
 )
 
@@ -87,33 +94,43 @@ def import_nlm_tb(root: str | Path, options: ImportOptions | None, source: str, 
     options = options or ImportOptions()
     root = Path(root).resolve()
     cache_dir = Path(options.cache_dir) if options.cache_dir else root / DEFAULT_CACHE_DIRNAME
-    pngs = {p.name: relpath(p, root) for p in sorted(root.glob("**/CXR_png/*.png"))}
+    images, records = {}, []
+    for path in sorted(p for p in root.glob("**/CXR_png/*") if p.is_file()):
+        rel = relpath(path, root)
+        if may_be_image(path) and path.stem not in images:
+            images[path.stem] = rel
+            continue
+        reason = (f"another image of stem {path.stem} is imported: {images[path.stem]}"
+                  if path.stem in images else non_image_reason(path))
+        records.append({"image_id": f"{source}/{rel}", "path": rel, "drop_reason": reason})
     readings = {p.stem: relpath(p, root) for p in sorted(root.glob("**/ClinicalReadings/*.txt"))}
     mask_dirs = {side: sorted(root.glob(f"**/ManualMask/{side}Mask")) for side in
                  ("left", "right")} if with_masks else {}
     mask_dirs = {side: dirs[0] for side, dirs in mask_dirs.items() if dirs}
-    if not pngs and not readings:
+    if not images and not readings:
         raise FileNotFoundError(f"{source}: no CXR_png/*.png nor ClinicalReadings/*.txt "
                                 f"under {root}")
-    stems = sorted(set(Path(n).stem for n in pngs) | set(readings))
-    records = []
-    for stem in stems:
-        rel = pngs.get(f"{stem}.png", f"CXR_png/{stem}.png")
+    encodings = []
+    for stem in sorted(set(images) | set(readings)):
+        rel = images.get(stem, f"CXR_png/{stem}.png")
         match = re.fullmatch(r"(.+)_([01])", stem)
-        rec = {"image_id": f"{source}/{stem}.png", "path": rel, "projection": "PA",
+        rec = {"image_id": f"{source}/{Path(rel).name}", "path": rel, "projection": "PA",
                "sensor": sensor, "patient_raw": match.group(1) if match else stem}
         if match:
             rec["label"] = "control" if match.group(2) == "0" else "pneumonia"
         else:
             rec["drop_reason"] = f"file stem {stem!r} does not end in _0 or _1 (label unknown)"
         if stem in readings:
-            rec["sex"], rec["age"] = parse_clinical_reading(
-                (root / readings[stem]).read_text(errors="replace"))
+            text, encoding = read_text_file(root / readings[stem])
+            encodings.append(encoding)
+            rec["sex"], rec["age"] = parse_clinical_reading(text)
         if len(mask_dirs) == 2:
             sides = [mask_dirs[side] / f"{stem}.png" for side in ("left", "right")]
             if all(p.is_file() for p in sides):
                 rec["lung_mask_path"] = relpath(join_masks(sides, cache_dir), root)
         records.append(rec)
+    texts = {"ClinicalReadings (*.txt)": encoding_summary(encodings)} if encodings else {}
     return finish_import(records, root, source, options,
                          meta={"importer": source, "label_rule": "_0 control, _1 pneumonia "
-                                                                 "(tuberculosis)"})
+                                                                 "(tuberculosis)",
+                               "metadata_encodings": texts})

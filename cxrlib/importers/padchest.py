@@ -36,6 +36,7 @@ from cxrlib.importers.common import (
     find_first,
     finish_import,
     read_table,
+    text_encodings,
 )
 
 SOURCE = "padchest"
@@ -88,7 +89,7 @@ def import_padchest(root: str | Path, options: ImportOptions | None = None) -> I
         image_dir = str(values["ImageDir"]).strip() if pd.notna(values["ImageDir"]) else ""
         rel = f"{image_dir}/{name}" if image_dir else name
         if not (root / rel).is_file():
-            files = files if files is not None else file_index(root, (".png",))
+            files = files if files is not None else file_index(root)
             rel = files.get(name, rel)
         label, reason = labels_to_label(values["Labels"])
         projection_raw = str(values["Projection"]).strip().upper() \
@@ -105,4 +106,6 @@ def import_padchest(root: str | Path, options: ImportOptions | None = None) -> I
             "projection": _PROJECTIONS.get(projection_raw), "study_date": study_date,
             "sensor": modality if modality in ("CR", "DX") else None,
         })
-    return finish_import(records, root, SOURCE, options, meta={"importer": "padchest"})
+    return finish_import(records, root, SOURCE, options, scan=(".",),
+                         meta={"importer": "padchest",
+                               "metadata_encodings": text_encodings(table)})

@@ -37,6 +37,7 @@ from cxrlib.importers.common import (
     finish_import,
     read_table,
     relpath,
+    text_encodings,
 )
 
 SOURCE = "rsna"
@@ -71,14 +72,15 @@ def import_rsna(root: str | Path, options: ImportOptions | None = None) -> Impor
     labels = read_table(root / "stage_2_train_labels.csv", "rsna",
                         required=("patientId", "x", "y", "width", "height", "Target"))
     detail_file = root / "stage_2_detailed_class_info.csv"
-    classes = {}
+    classes, tables = {}, [labels]
     if detail_file.is_file():
         detail = read_table(detail_file, "rsna", required=("patientId", "class"))
+        tables.append(detail)
         classes = dict(zip(detail["patientId"].str.strip(), detail["class"].str.strip()))
-    files = file_index(root, (".dcm",))
+    files = file_index(root)
     records = []
     for pid, group in labels.groupby(labels["patientId"].str.strip(), sort=False):
-        rel = files.get(f"{pid}.dcm", f"stage_2_train_images/{pid}.dcm")
+        rel = files.get(f"{pid}.dcm", files.get(pid, f"stage_2_train_images/{pid}.dcm"))
         target = int(pd.to_numeric(group["Target"], errors="coerce").fillna(0).max())
         rec = {"image_id": f"{SOURCE}/{pid}", "path": rel, "patient_raw": pid}
         cls = classes.get(pid)
@@ -104,5 +106,6 @@ def import_rsna(root: str | Path, options: ImportOptions | None = None) -> Impor
                 rec["lesion_mask_path"] = relpath(
                     _write_box_mask(boxes, header.rows, header.columns, cache_dir), root)
         records.append(rec)
-    return finish_import(records, root, SOURCE, options,
-                         meta={"importer": "rsna", "class_table": bool(classes)})
+    return finish_import(records, root, SOURCE, options, scan=(".",),
+                         meta={"importer": "rsna", "class_table": bool(classes),
+                               "metadata_encodings": text_encodings(*tables)})

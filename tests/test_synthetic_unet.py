@@ -1,0 +1,77 @@
+"""The U-Net for corpora without masks: trained once on the synthetic cohort, cached, provenance."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxrlib.profiles import get_profile
+from cxrlib.synthetic_unet import (
+    cache_key, provenance_text, real_pairs, real_sample_dir, score_on_real, synthetic_unet,
+    weights_path,
+)
+
+# a profile small enough to train in seconds: 24 images of 64 px, U-Net at 32 px
+TINY = get_profile("smoke").with_overrides(n_arias=24, synth_size=64, seg_size=32, seg_min_steps=4)
+
+
+def _pair(folder, name, size=(40, 48)):
+    """A hand-made 'radiograph' with two bright lung boxes and their mask."""
+    image = np.full(size, 0.2)
+    mask = np.zeros(size, bool)
+    mask[8:32, 6:20] = mask[8:32, 28:42] = True
+    image[mask] = 0.8
+    for sub, array in (("images", image), ("masks", mask * 1.0)):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray((array * 255).astype(np.uint8)).save(folder / sub / f"{name}.png")
+
+
+def test_cache_key_follows_what_changes_the_network():
+    assert cache_key(TINY, 0) == cache_key(TINY, 0)
+    assert cache_key(TINY, 0) != cache_key(TINY, 1)
+    assert cache_key(TINY, 0) != cache_key(TINY.with_overrides(seg_epochs=2), 0)
+    # a field the U-Net does not depend on leaves the key alone
+    assert cache_key(TINY, 0) == cache_key(TINY.with_overrides(epochs=9), 0)
+    assert weights_path(TINY, 0).name.startswith("synthetic-smoke-s0-")
+
+
+def test_real_sample_folder_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_REAL_SAMPLE", "")
+    assert real_sample_dir() is None
+    monkeypatch.setenv("CXR_REAL_SAMPLE", str(tmp_path))
+    assert real_sample_dir() is None  # no images/ and masks/
+    _pair(tmp_path, "a")
+    assert real_sample_dir() == tmp_path
+    (tmp_path / "images" / "b.png").write_bytes((tmp_path / "images" / "a.png").read_bytes())
+    with pytest.raises(FileNotFoundError, match="have no mask"):
+        real_pairs(tmp_path)
+
+
+def test_trained_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_DATA_DIR", str(tmp_path / "data"))
+    sample = tmp_path / "sample"
+    _pair(sample, "a")
+    _pair(sample, "b", size=(50, 40))
+    monkeypatch.setenv("CXR_REAL_SAMPLE", str(sample))
+    logged = []
+    first = synthetic_unet(TINY, seed=0, log=logged.append)
+    assert first.provenance["trained_now"] and len(logged) == 1
+    assert first.weights_path == weights_path(TINY, 0) and first.weights_path.is_file()
+    assert first.size == 32
+    p = first.provenance
+    assert p["n_held_out"] > 0 and 0 <= p["held_out_dice"] <= 1
+    assert p["real_sample_n"] == 2 and 0 <= p["real_sample_dice"] <= 1
+    scores = score_on_real(first.model, first.size, sample)
+    assert scores["dice"].mean() == pytest.approx(p["real_sample_dice"])
+    assert list(scores["image"]) == ["a", "b"] and scores.loc[1, "height"] == 50
+
+    again = synthetic_unet(TINY, seed=0, log=logged.append)
+    assert not again.provenance["trained_now"] and len(logged) == 1
+    assert again.provenance["held_out_dice"] == p["held_out_dice"]
+    for name, param in first.model.state_dict().items():
+        assert np.array_equal(param.numpy(), again.model.state_dict()[name].numpy())
+    text = provenance_text(again.provenance)
+    assert "read from the cache" in text and "2 real radiographs" in text
+
+    monkeypatch.setenv("CXR_REAL_SAMPLE", "")
+    without = synthetic_unet(TINY, seed=0, log=logged.append)
+    assert without.provenance["real_sample_dice"] is None
+    assert "not measured" in provenance_text(without.provenance)
