@@ -90,14 +90,9 @@ def declared_parameters(notebooks: list[Path]) -> dict[str, dict[str, dict]]:
     ``None`` when it is not a literal)} for each notebook's ``parameters`` cell."""
     import ast
 
-    import papermill as pm
-
     declared = {}
     for nb in notebooks:
-        try:
-            params = pm.inspect_notebook(str(nb))
-        except ValueError as exc:  # papermill needs the notebook's kernelspec to find the language
-            raise ValueError(f"cannot read the parameters of {nb}: {exc}") from None
+        params = _inspect(nb)
         for info in params.values():
             try:
                 info["type"] = type(ast.literal_eval(info["default"])).__name__
@@ -105,6 +100,25 @@ def declared_parameters(notebooks: list[Path]) -> dict[str, dict[str, dict]]:
                 info["type"] = None
         declared[nb.name] = params
     return declared
+
+
+def _inspect(notebook: Path) -> dict:
+    """papermill's inspection of a notebook's parameters cell. A notebook without a kernelspec
+    (papermill needs one to pick the language) is inspected as the Python notebook the runner
+    executes it as."""
+    import tempfile
+
+    import nbformat
+    import papermill as pm
+
+    nb = nbformat.read(notebook, as_version=4)
+    if nb.metadata.get("kernelspec", {}).get("name"):
+        return pm.inspect_notebook(str(notebook))
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python"}
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / notebook.name
+        nbformat.write(nb, copy)
+        return pm.inspect_notebook(str(copy))
 
 
 def _coerce(value, type_name: str, name: str, notebook: str):
@@ -181,9 +195,16 @@ def resolve_parameters(given: dict, notebooks: list[Path]) -> RunParameters:
         raise ValueError(f"no notebook of this run declares {', '.join(unknown)}; the parameters "
                          f"are, per notebook:\n{listing}\n  and every profile field as "
                          f"profile.FIELD (see cxrlib/profiles.py)")
+    blind = [nb for nb, params in declared.items() if "profile_overrides" not in params]
+    if checked and blind:
+        raise ValueError(f"{', '.join(blind)} declare(s) no profile_overrides parameter, so they "
+                         "would run with the profile unchanged: add `profile_overrides = {}` to "
+                         "the parameters cell and pass it to open_study")
     per_notebook = {}
     for nb, params in declared.items():
         per_notebook[nb] = {name: _coerce(value, params[name]["type"], name, nb)
                             for name, value in rest.items() if name in params}
+        if "profile_overrides" in params:
+            per_notebook[nb]["profile_overrides"] = json.loads(json.dumps(checked))
     as_json = json.loads(json.dumps(checked))  # tuples as lists, as papermill and run.json take them
     return RunParameters(given=dict(given), profile_overrides=as_json, per_notebook=per_notebook)

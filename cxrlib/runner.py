@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrlib.paths import NOTEBOOKS_DIR, REPO_ROOT, REPORTS_DIR
-from cxrlib.parameters import RunParameters, resolve_parameters
+from cxrlib.parameters import resolve_parameters
 from cxrlib.profiles import get_profile
 
 KERNEL_NAME = "cxr-study"
@@ -260,7 +260,7 @@ def run_study(
     after writing the index (which shows the failure).
     """
     notebooks = list_notebooks(only, notebooks_dir)
-    resolved = resolve_parameters(parameters or {}, notebooks) if parameters else RunParameters()
+    resolved = resolve_parameters(parameters or {}, notebooks)
     prof = get_profile(profile, resolved.profile_overrides)
     check_kernel(kernel_name)
     out = Path(out_dir).resolve() if out_dir else default_out_dir(prof.name)
@@ -279,7 +279,10 @@ def run_study(
                        cohorts=names, started=dt.datetime.now().isoformat(timespec="seconds"),
                        versions=versions(), parameters=resolved.given,
                        profile_overrides=resolved.profile_overrides,
-                       notebook_parameters={nb: p for nb, p in resolved.per_notebook.items() if p})
+                       notebook_parameters={nb: {k: v for k, v in p.items()
+                                                 if k != "profile_overrides"}
+                                            for nb, p in resolved.per_notebook.items()
+                                            if set(p) - {"profile_overrides"}})
     t_run = time.perf_counter()
     try:
         for name in names:
@@ -299,7 +302,6 @@ def run_study(
                 log(f"[{name}] {nb.stem}: running")
                 params = {"profile": prof.name, "cohort": name, "manifest": manifest or "",
                           "run_dir": str(cohort_dir), "seed": seed, "interactive": False,
-                          "profile_overrides": dict(resolved.profile_overrides),
                           **resolved.per_notebook.get(nb.name, {})}
                 try:
                     res = execute_notebook(nb, cohort_dir, params, name, kernel_name, html)

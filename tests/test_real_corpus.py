@@ -137,6 +137,13 @@ def test_flow_accounts_for_every_image(real_run):
     n_in = len(load_manifest(real_run["manifests"] / "mine.csv"))
     first = flow.iloc[0]
     assert first["images"] == n_in
+    # every notebook accounts for every image of the corpus: analysed, flagged or left out
+    per_step = flow[flow["step"].str.match(r"\d\d_")].groupby("step")["images"].sum()
+    assert set(per_step.index) == {nb.stem for nb in list_notebooks()}
+    assert (per_step == n_in).all()
+    qc = pd.read_csv(cohort / "artifacts" / "segmentation_qc.csv")
+    flagged = flow[(flow["step"] == "01_lung_segmentation") & (flow["outcome"] == "flagged")]
+    assert flagged["images"].sum() == (~qc["qc_pass"]).sum()
     index = (real_run["out"] / "index.html").read_text()
     assert "flow" in index.lower()
     record = json.loads((real_run["out"] / "run.json").read_text())

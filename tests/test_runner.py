@@ -185,3 +185,10 @@ def test_parse_assignment_and_params_file_errors(tmp_path):
         read_params_file(bad)
     with pytest.raises(FileNotFoundError):
         read_params_file(tmp_path / "none.yaml")
+
+
+def test_profile_overrides_need_notebooks_that_take_them(fake_study):
+    csv, nbs, out = fake_study  # its notebooks declare no profile_overrides
+    with pytest.raises(ValueError, match="declare.s. no profile_overrides parameter"):
+        run_study("smoke", manifest=csv, out_dir=out, notebooks_dir=nbs, log=lambda *a: None,
+                  parameters={"profile.epochs": 2})
