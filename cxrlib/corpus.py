@@ -12,13 +12,22 @@ classes each contributes::
       - manifest: bimcv.csv            # relative to the config file
         labels: [covid19]              # classes taken from it (omit: all)
 
+Values are typed, never coerced: ``frontal_only`` and ``keep_unknown_projection`` are YAML
+booleans (``true``/``false``; the string ``"false"`` is an error, not a true value),
+``near_duplicate_max_distance`` an integer, ``labels`` a list (``labels: covid19`` without the
+brackets is an error rather than being read letter by letter). A YAML syntax error (a tab in
+the indentation...) is a ValueError naming the file and the line.
+
 Merging manifests from different roots
 --------------------------------------
 Each manifest's paths are relative to its own data root. The corpus has one data root, the
 deepest folder holding every source root (or ``data_root`` when given), and each path is
 *prefixed* with its root's position under it (``nih/images/x.png``). The corpus CSV therefore
 stays relative, and its sidecar records the common root relative to the CSV, as for any
-manifest: move the CSV together with the data, or pass ``data_root`` when loading.
+manifest: move the CSV together with the data, or pass ``data_root`` when loading. Paths that
+leave the common root (``../cache/...``) are written only when a source's sidecar allowed them
+(``allow_paths_outside_root``, set by importers whose cache lies outside the source root); the
+corpus sidecar then says so too.
 
 Every row of every input manifest ends up either in the corpus or in its QC report with the
 reason (class not taken from that source, missing file, lateral view, exact duplicate...).
@@ -33,8 +42,16 @@ import pandas as pd
 import yaml
 
 from cxrlib import qc
-from cxrlib.manifest import LABELS, ManifestError, load_manifest, write_manifest
+from cxrlib.manifest import (
+    ALLOW_OUTSIDE_KEY,
+    LABELS,
+    ManifestError,
+    escapes_root,
+    load_manifest,
+    write_manifest,
+)
 from cxrlib.splits import PLAN_COLUMNS, check_split_plan, split_groups
+from cxrlib.textfiles import read_text_file
 
 _CONFIG_KEYS = {"name", "description", "frontal_only", "keep_unknown_projection",
                 "near_duplicate_max_distance", "data_root", "sources"}
@@ -88,12 +105,56 @@ def companion_paths(csv_path: str | Path) -> dict[str, Path]:
             "split_plan": csv_path.with_name(csv_path.stem + ".split_plan.csv")}
 
 
+def _typed(data: dict, key: str, kind: type, default, path: Path):
+    """``data[key]`` (``default`` when absent or null) if it is a ``kind``, else ValueError
+    naming the file and the key (a bool is no int here, a string no bool)."""
+    value = data.get(key)
+    if value is None:
+        return default
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if not ok:
+        expected = {bool: "true or false", int: "an integer", str: "a text"}[kind]
+        raise ValueError(f"{path}: '{key}' must be {expected}, got {value!r} "
+                         f"({type(value).__name__})")
+    return value
+
+
+def _labels(entry: dict, k: int, path: Path) -> tuple[str, ...] | None:
+    """The ``labels`` of ``sources[k]``: a list of the schema's labels, or ``None`` (all)."""
+    labels = entry.get("labels")
+    if labels is None:
+        return None
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise ValueError(f"{path}: sources[{k}] 'labels' must be a list of labels such as "
+                         f"[covid19], got {labels!r} ({type(labels).__name__})")
+    wrong = [x for x in labels if x not in LABELS]
+    if wrong:
+        raise ValueError(f"{path}: sources[{k}] labels {wrong} are not in {list(LABELS)}")
+    return tuple(labels)
+
+
+def _read_yaml(path: Path):
+    """The YAML document of ``path``; ValueError naming the file for a syntax error."""
+    try:
+        text, _ = read_text_file(path)
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML (indent with spaces, not tabs): "
+                         f"{exc}") from None
+
+
 def load_corpus_config(path: str | Path) -> CorpusConfig:
-    """Read and check a corpus config; manifest paths are resolved from the config's folder."""
+    """Read and check a corpus config; manifest paths are resolved from the config's folder.
+
+    Raises
+    ------
+    FileNotFoundError; ValueError naming the file and the key for a YAML syntax error, an
+    unknown key, or a value of the wrong type (see the module docstring).
+    """
     path = Path(path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"corpus config not found: {path}")
-    data = yaml.safe_load(path.read_text())
+    data = _read_yaml(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a corpus config is a mapping with 'name' and 'sources'")
     unknown = sorted(set(data) - _CONFIG_KEYS)
@@ -101,6 +162,9 @@ def load_corpus_config(path: str | Path) -> CorpusConfig:
         raise ValueError(f"{path}: unknown key(s) {unknown}; allowed are {sorted(_CONFIG_KEYS)}")
     if not data.get("sources"):
         raise ValueError(f"{path}: 'sources' is missing or empty")
+    if not isinstance(data["sources"], list):
+        raise ValueError(f"{path}: 'sources' must be a list of entries with a 'manifest' key, "
+                         f"got {type(data['sources']).__name__}")
     sources = []
     for k, entry in enumerate(data["sources"]):
         if not isinstance(entry, dict) or "manifest" not in entry:
@@ -108,21 +172,19 @@ def load_corpus_config(path: str | Path) -> CorpusConfig:
         bad = sorted(set(entry) - _SOURCE_KEYS)
         if bad:
             raise ValueError(f"{path}: sources[{k}] has unknown key(s) {bad}")
-        labels = entry.get("labels")
-        if labels is not None:
-            labels = tuple(str(x) for x in labels)
-            wrong = [x for x in labels if x not in LABELS]
-            if wrong:
-                raise ValueError(f"{path}: sources[{k}] labels {wrong} are not in {list(LABELS)}")
+        if not isinstance(entry["manifest"], str) or not entry["manifest"].strip():
+            raise ValueError(f"{path}: sources[{k}] 'manifest' must be a file name, got "
+                             f"{entry['manifest']!r}")
+        labels = _labels(entry, k, path)
         sources.append(CorpusSource((path.parent / entry["manifest"]).resolve(), labels))
-    root = data.get("data_root")
+    root = _typed(data, "data_root", str, None, path)
     return CorpusConfig(
         name=str(data.get("name") or path.stem),
         sources=tuple(sources),
-        frontal_only=bool(data.get("frontal_only", True)),
-        keep_unknown_projection=bool(data.get("keep_unknown_projection", True)),
-        near_duplicate_max_distance=int(data.get("near_duplicate_max_distance",
-                                                 qc.NEAR_MAX_DISTANCE)),
+        frontal_only=_typed(data, "frontal_only", bool, True, path),
+        keep_unknown_projection=_typed(data, "keep_unknown_projection", bool, True, path),
+        near_duplicate_max_distance=_typed(data, "near_duplicate_max_distance", int,
+                                           qc.NEAR_MAX_DISTANCE, path),
         data_root=(path.parent / root).resolve() if root else None,
         description=str(data.get("description") or ""),
         config_path=path,
@@ -193,6 +255,7 @@ def compose_corpus(config: CorpusConfig, *, allow_missing: bool = False, progres
     column.
     """
     parts, reports, plans, roots, missing = [], [], [], [], []
+    outside_allowed = []  # sources whose sidecar lets paths leave their root (outside cache)
     for src in config.sources:
         if not src.manifest.is_file():
             if allow_missing:
@@ -202,6 +265,8 @@ def compose_corpus(config: CorpusConfig, *, allow_missing: bool = False, progres
                 f"corpus {config.name!r}: manifest {src.manifest} not found; create it with "
                 f"`python -m cxrlib import SOURCE ROOT -o {src.manifest}`")
         df = load_manifest(src.manifest, check_files=False)
+        if df.attrs["meta"].get(ALLOW_OUTSIDE_KEY, False):
+            outside_allowed.append(src.manifest.name)
         taken = df["label"].isin(src.labels) if src.labels is not None else df["label"].notna()
         why = f"is not taken from {src.manifest.name} by the corpus config (takes " \
               f"{list(src.labels or [])})"
@@ -237,7 +302,21 @@ def compose_corpus(config: CorpusConfig, *, allow_missing: bool = False, progres
             "n_images": int(len(kept)), "n_dropped": int((report["action"] == "dropped").sum())}
     if plan_note:
         meta["split_plan_rejected"] = plan_note
+    _allow_outside(meta, kept, outside_allowed)
     return CorpusResult(kept, report, counts, data_root, pairs, split_plan, meta)
+
+
+def _allow_outside(meta: dict, kept: pd.DataFrame, allowed_by: list[str]) -> None:
+    """Set the sidecar's ``allow_paths_outside_root`` (and name the sources that allowed it)
+    when corpus paths leave the common root and a source's sidecar allowed that (its cache
+    lies outside its root). Otherwise such paths (a ``data_root`` that does not hold every
+    source) stay an error, naming the row, at :func:`write_corpus`."""
+    escaping = any(isinstance(p, str) and escapes_root(p)
+                   for col in ("path", "lung_mask_path", "lesion_mask_path") if col in kept
+                   for p in kept[col])
+    if escaping and allowed_by:
+        meta[ALLOW_OUTSIDE_KEY] = True
+        meta["paths_outside_root_from"] = allowed_by
 
 
 def write_corpus(result: CorpusResult, csv_path: str | Path) -> dict[str, Path]:

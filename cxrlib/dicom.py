@@ -48,6 +48,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from cxrlib.pixel_checks import DEGENERATE, DegenerateImageError, check_pixels
 from cxrlib.pseudonym import pseudonymize
 
 #: Modalities imported as chest radiographs.
@@ -85,6 +86,12 @@ _DESCRIPTION_TOKENS = {
 
 class DicomError(ValueError):
     """A DICOM file cannot be read or decoded; the message names the file and the reason."""
+
+
+class DegenerateDicomError(DicomError, DegenerateImageError):
+    """A DICOM file decodes to no image (RescaleSlope 0 or NaN, NaN/inf values, a constant or
+    near-constant image: :mod:`cxrlib.pixel_checks`); both a :class:`DicomError` and a
+    :class:`cxrlib.pixel_checks.DegenerateImageError`."""
 
 
 @dataclass(frozen=True)
@@ -388,6 +395,33 @@ def to_display_uint16(stored: np.ndarray, ds: Dataset, apply_voi_tags: bool = Tr
     return out
 
 
+def _check(values: np.ndarray, step: str, full_scale: float | None) -> None:
+    """:func:`cxrlib.pixel_checks.check_pixels` raising :class:`DegenerateDicomError`."""
+    try:
+        check_pixels(values, step, full_scale)
+    except DegenerateImageError as exc:
+        raise DegenerateDicomError(str(exc).split(": ", 1)[1] + f" ({step})") from None
+
+
+def _check_stored(stored: np.ndarray, ds: Dataset) -> None:
+    """Stored values that decode to no image: a RescaleSlope of 0, NaN or inf (every pixel
+    would map to the intercept), a RescaleIntercept of NaN or inf, or stored values that are
+    constant or near-constant (:mod:`cxrlib.pixel_checks`, full scale ``2**BitsStored - 1``)."""
+    for keyword, name in (("RescaleSlope", "rescale slope"),
+                          ("RescaleIntercept", "rescale intercept")):
+        raw = ds.get(keyword, None)
+        if raw is None or not str(raw).strip():
+            continue
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise DegenerateDicomError(f"{DEGENERATE}: {name} {raw!r} is not a number") from None
+        if not np.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
+            raise DegenerateDicomError(f"{DEGENERATE}: {name} {value:g}")
+    bits = int(ds.get("BitsStored", 16) or 16)
+    _check(stored, "stored values", float(2**bits - 1))
+
+
 def read_dicom(path: str | Path, apply_voi_tags: bool = True) -> tuple[np.ndarray, DicomHeader]:
     """Decode a DICOM radiograph to MONOCHROME2 uint16 (H, W) with its allow-listed header.
 
@@ -395,7 +429,9 @@ def read_dicom(path: str | Path, apply_voi_tags: bool = True) -> tuple[np.ndarra
     ------
     DicomError naming the file: not DICOM, truncated, no pixel data, several frames, colour,
     or a compressed transfer syntax without an installed decoder (the message names the
-    transfer syntax and the package to install).
+    transfer syntax and the package to install). :class:`DegenerateDicomError` (a DicomError)
+    when the pixels hold no image: ``degenerate pixel data: rescale slope 0``, ``...: constant
+    image``, NaN/inf values, a near-constant image (:mod:`cxrlib.pixel_checks`).
     """
     path = Path(path)
     ds = _dcmread(path)
@@ -413,9 +449,12 @@ def read_dicom(path: str | Path, apply_voi_tags: bool = True) -> tuple[np.ndarra
         raise DicomError(f"{path}: cannot decode pixel data "
                          f"({header.transfer_syntax}): {exc}") from exc
     try:
-        return to_display_uint16(stored, ds, apply_voi_tags), header
-    except DicomError as exc:
-        raise DicomError(f"{path}: {exc}") from None
+        _check_stored(stored, ds)
+        display = to_display_uint16(stored, ds, apply_voi_tags)
+        _check(display, "after the display pipeline", 65535.0)
+    except DicomError as exc:  # keep the type: a DegenerateDicomError stays one
+        raise type(exc)(f"{path}: {exc}") from None
+    return display, header
 
 
 def dataset_from_tags(tags: dict) -> Dataset:

@@ -4,15 +4,24 @@ Images come back as float32 in [0, 1] (8- and 16-bit PNG, JPEG, TIFF; RGB collap
 DICOM files through :func:`cxrlib.dicom.read_dicom`), masks as bool. Formats are told by content,
 not by name (:func:`image_format`): a JPEG named ``.jfif`` or a DICOM without extension reads
 like any other. The bit depth of the file is kept in :func:`image_bit_depth` for the data audit.
+
+Decoded pixels are checked (:mod:`cxrlib.pixel_checks`): NaN/inf values, a constant or
+near-constant image raise :class:`DegenerateImageError` (``degenerate pixel data: ...``), which
+importers turn into a QC report row. A raster file's EXIF orientation (phone exports) is
+applied, so the array is the image every viewer shows.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cxrlib.dicom import has_dicom_content, read_dicom, read_dicom_header
+from cxrlib.pixel_checks import DegenerateImageError, check_pixels
+
+__all__ = ["DICOM_SUFFIXES", "DegenerateImageError", "image_bit_depth", "image_format",
+           "read_image", "read_mask", "to_uint8"]
 
 # PIL opens 16-bit PNGs in mode "I;16" (or "I" on some versions); 8-bit gray as "L".
 _MODE_MAX = {"1": 1, "L": 255, "P": 255, "RGB": 255, "RGBA": 255, "LA": 255,
@@ -76,21 +85,47 @@ def read_image(path: str | Path) -> np.ndarray:
     A 32-bit integer image ("I") is scaled by its own maximum dtype range of 16 bits, which is how
     PIL reports 16-bit PNGs on some versions. DICOM files are decoded by
     :func:`cxrlib.dicom.read_dicom` (modality LUT, VOI window or LUT, MONOCHROME1 inverted) to
-    uint16 and scaled by 65535.
+    uint16 and scaled by 65535. The EXIF orientation of a raster file (tag 0x0112, set by
+    phones and cameras) is applied (:func:`PIL.ImageOps.exif_transpose`), so a rotated JPEG
+    comes out as viewers show it.
+
+    Raises
+    ------
+    FileNotFoundError; ValueError ``cannot read image PATH: ...`` for a corrupt or truncated
+    file; :class:`DegenerateImageError` ``PATH: degenerate pixel data: ...`` for NaN/inf, a
+    constant or a near-constant image (:mod:`cxrlib.pixel_checks`); DICOM errors as
+    :func:`cxrlib.dicom.read_dicom` raises them (a degenerate DICOM is both a DicomError and a
+    DegenerateImageError).
     """
     if _is_dicom(path):
         if not Path(path).is_file():
             raise FileNotFoundError(f"image not found: {path}")
-        pixels, _ = read_dicom(path)
+        pixels, _ = read_dicom(path)  # checked there (cxrlib.pixel_checks)
         return pixels.astype(np.float32) / np.float32(65535)
-    img = _open(path)
+    img = _exif_upright(_open(path), path)
     mode = img.mode
     if mode in ("RGB", "RGBA", "P", "LA", "CMYK", "YCbCr"):
         img, mode = img.convert("L"), "L"
     if mode not in _MODE_MAX:
         raise ValueError(f"unsupported image mode {mode!r} in {path}")
     arr = np.asarray(img).astype(np.float32) / _MODE_MAX[mode]
+    check_pixels(arr, str(path), 1.0)
     return np.clip(arr, 0.0, 1.0)
+
+
+def _exif_upright(img: Image.Image, path: str | Path) -> Image.Image:
+    """``img`` turned as its EXIF orientation says (unchanged without one)."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # a corrupt EXIF block: PIL raises several types
+        return img
+    if orientation in (None, 1):
+        return img
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception as exc:
+        raise ValueError(f"cannot read image {path}: EXIF orientation {orientation!r} "
+                         f"cannot be applied: {exc}") from exc
 
 
 def read_mask(path: str | Path) -> np.ndarray:

@@ -29,15 +29,28 @@ synthetic generator) and ``qc_`` (quality-control flags). Any other column is an
 misspelt column (``Sex``, ``patientid``) cannot pass unnoticed.
 
 Unknown values are empty (``NaN`` after loading), never guessed.
+
+Paths stay inside the data root: an absolute ``path``/mask path, or one that leaves the root
+(``../../x.png``, compared as text after normalisation; symbolic links inside the root are
+followed as they are), is an error naming the row and column, unless the sidecar says
+``"allow_paths_outside_root": true`` (``ALLOW_OUTSIDE_KEY``; importers set it when their cache
+folder lies outside the source root, so cached PNGs are ``../cache/...``).
+
+Reading a manifest never ends in a bare pandas/JSON error: an empty CSV, a corrupt sidecar, an
+unreadable file are :class:`ManifestError` naming the file; a CSV saved as cp1252/Latin-1 is
+decoded (:func:`cxrlib.textfiles.read_text_file`).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import pandas as pd
+
+from cxrlib.textfiles import read_text_file
 
 LABELS = ("control", "pneumonia", "covid19")
 SEVERITIES = ("normal_pcr_pos", "mild", "moderate", "severe")
@@ -63,6 +76,9 @@ CATEGORICAL = {
     "sensor": SENSORS,
 }
 SIDECAR_SUFFIX = ".meta.json"
+PATH_COLUMNS = ("path", "lung_mask_path", "lesion_mask_path")
+#: Sidecar key that lets ``path`` and the mask paths leave the data root (``true`` only).
+ALLOW_OUTSIDE_KEY = "allow_paths_outside_root"
 
 
 class ManifestError(ValueError):
@@ -82,6 +98,28 @@ def _empty(series: pd.Series) -> pd.Series:
     """True where a value is missing (NaN, None or an empty/blank string)."""
     as_str = series.astype("string")
     return series.isna() | as_str.str.strip().fillna("").eq("")
+
+
+def escapes_root(rel: str) -> bool:
+    """True if a manifest path is absolute (``/x``, ``C:\\x``, ``\\\\server\\x``) or leaves
+    the folder it is relative to once normalised (``../x``, ``a/../../x``)."""
+    text = str(rel).strip().replace("\\", "/")
+    if PurePosixPath(text).is_absolute() or PureWindowsPath(str(rel)).is_absolute() \
+            or PureWindowsPath(str(rel)).drive:
+        return True
+    norm = os.path.normpath(text).replace("\\", "/")
+    return norm == ".." or norm.startswith("../")
+
+
+def _check_paths_inside(out: pd.DataFrame, origin: str) -> None:
+    """ManifestError naming the first row/column whose path leaves the data root."""
+    for col in PATH_COLUMNS:
+        for row, rel in out[col].items():
+            if isinstance(rel, str) and escapes_root(rel):
+                raise ManifestError(
+                    f"{_where(origin, int(row), col)}: path {rel!r} is absolute or leaves the "
+                    f"data root; paths are relative to the data root and stay inside it "
+                    f"(set \"{ALLOW_OUTSIDE_KEY}\": true in the sidecar to allow it)")
 
 
 def _typed_extra(series: pd.Series) -> pd.Series:
@@ -110,6 +148,7 @@ def validate_manifest(
     data_root: str | Path | None = None,
     check_files: bool = True,
     origin: str = "manifest",
+    allow_outside_root: bool = False,
 ) -> pd.DataFrame:
     """Check a manifest against the schema and return a normalised copy.
 
@@ -120,6 +159,8 @@ def validate_manifest(
         ``check_files`` is true.
     check_files : if true, every ``path`` (and every non-empty mask path) must exist.
     origin : name used in error messages (usually the CSV file).
+    allow_outside_root : accept absolute paths and paths that leave the data root (``../``);
+        by default they are an error (the sidecar key ``allow_paths_outside_root``).
 
     Returns
     -------
@@ -205,11 +246,14 @@ def validate_manifest(
             f"(first seen in row {first})"
         )
 
+    if not allow_outside_root:
+        _check_paths_inside(out, origin)
+
     if check_files:
         if data_root is None:
             raise ManifestError(f"{origin}: data_root is needed to check that the files exist")
         root = Path(data_root)
-        for col in ("path", "lung_mask_path", "lesion_mask_path"):
+        for col in PATH_COLUMNS:
             for row, rel in out[col].items():
                 if isinstance(rel, str) and not (root / rel).is_file():
                     raise ManifestError(
@@ -225,9 +269,59 @@ def sidecar_path(csv_path: str | Path) -> Path:
 
 
 def read_sidecar(csv_path: str | Path) -> dict:
-    """The manifest's metadata (``data_root``, generator parameters...), or ``{}`` if absent."""
+    """The manifest's metadata (``data_root``, generator parameters...), or ``{}`` if absent.
+
+    Raises
+    ------
+    ManifestError naming the sidecar when it is not JSON, not a JSON object, or has an
+    ``allow_paths_outside_root`` that is not ``true``/``false``.
+    """
     side = sidecar_path(csv_path)
-    return json.loads(side.read_text()) if side.is_file() else {}
+    if not side.is_file():
+        return {}
+    try:
+        text, _ = read_text_file(side)
+        meta = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{side}: manifest sidecar is not valid JSON ({exc}); fix or delete "
+                            "it (it holds data_root and the import facts)") from None
+    except OSError as exc:
+        raise ManifestError(f"{side}: cannot read the manifest sidecar: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ManifestError(f"{side}: manifest sidecar must hold a JSON object, got "
+                            f"{type(meta).__name__}")
+    if not isinstance(meta.get(ALLOW_OUTSIDE_KEY, False), bool):
+        raise ManifestError(f"{side}: {ALLOW_OUTSIDE_KEY!r} must be true or false, got "
+                            f"{meta[ALLOW_OUTSIDE_KEY]!r}")
+    return meta
+
+
+def read_manifest_csv(csv_path: str | Path) -> pd.DataFrame:
+    """A manifest CSV as text cells (no validation), decoded by
+    :func:`cxrlib.textfiles.read_text_file` (UTF-8, else cp1252, else Latin-1).
+
+    Raises
+    ------
+    ManifestError naming the file: not found, unreadable, empty (no header line), or not
+    parseable as CSV.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise ManifestError(f"manifest not found: {csv_path}")
+    try:
+        text, _ = read_text_file(csv_path)
+    except OSError as exc:
+        raise ManifestError(f"{csv_path}: cannot read the manifest: {exc}") from None
+    if not text.strip():
+        raise ManifestError(f"{csv_path}: the manifest is empty; expected a CSV with a header "
+                            f"line naming at least {list(REQUIRED)}")
+    try:
+        return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ManifestError(f"{csv_path}: the manifest has no columns; expected a CSV with a "
+                            f"header line naming at least {list(REQUIRED)}") from None
+    except pd.errors.ParserError as exc:
+        raise ManifestError(f"{csv_path}: not a readable CSV: {exc}") from None
 
 
 def resolve_data_root(csv_path: str | Path, data_root: str | Path | None = None) -> Path:
@@ -254,16 +348,22 @@ def load_manifest(
 
     Returns the validated DataFrame (see :func:`validate_manifest`) with
     ``df.attrs['data_root']`` set to the resolved data root and ``df.attrs['meta']`` to the
-    sidecar metadata.
+    sidecar metadata. Paths must stay inside the data root unless the sidecar holds
+    ``"allow_paths_outside_root": true``.
+
+    Raises
+    ------
+    ManifestError naming the file (empty, not CSV, corrupt sidecar; see
+    :func:`read_manifest_csv`, :func:`read_sidecar`) or the row and column (schema, paths).
     """
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise ManifestError(f"manifest not found: {csv_path}")
-    raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    raw = read_manifest_csv(csv_path)
+    meta = read_sidecar(csv_path)
     root = resolve_data_root(csv_path, data_root)
-    df = validate_manifest(raw, data_root=root, check_files=check_files, origin=str(csv_path))
+    df = validate_manifest(raw, data_root=root, check_files=check_files, origin=str(csv_path),
+                           allow_outside_root=meta.get(ALLOW_OUTSIDE_KEY, False))
     df.attrs["data_root"] = str(root)
-    df.attrs["meta"] = read_sidecar(csv_path)
+    df.attrs["meta"] = meta
     return df
 
 
@@ -276,12 +376,15 @@ def write_manifest(
     """Validate ``df`` and write it as CSV, with a ``.meta.json`` sidecar.
 
     ``data_root`` (default: the CSV's folder) is stored relative to the CSV when possible, so a
-    manifest and its images can move together.
+    manifest and its images can move together. Paths that leave the data root are accepted
+    only with ``meta["allow_paths_outside_root"] = True`` (written to the sidecar).
     """
     csv_path = Path(csv_path)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     root = Path(data_root).resolve() if data_root is not None else csv_path.parent.resolve()
-    clean = validate_manifest(df, data_root=root, check_files=True, origin=str(csv_path))
+    allow = (meta or {}).get(ALLOW_OUTSIDE_KEY, False) is True
+    clean = validate_manifest(df, data_root=root, check_files=True, origin=str(csv_path),
+                              allow_outside_root=allow)
     clean.to_csv(csv_path, index=False)
     stored_root = os.path.relpath(root, csv_path.parent.resolve())
     side = dict(meta or {})

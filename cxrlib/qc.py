@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from cxrlib.dicom import file_sha256
 from cxrlib.images import read_image
+from cxrlib.pixel_checks import DEGENERATE, DegenerateImageError
 
 REPORT_COLUMNS = ("source", "image_id", "path", "action", "reason")
 FRONTAL = ("AP", "PA")
@@ -115,9 +116,24 @@ def image_hashes(path: str | Path) -> tuple[str, str]:
     return file_sha256(path), bits_to_hex(perceptual_hash(read_image(path)))
 
 
-def add_image_hashes(manifest: pd.DataFrame, data_root: str | Path, progress: bool = False,
-                     n_jobs: int = 1) -> pd.DataFrame:
-    """A copy of ``manifest`` with ``qc_sha256`` and ``qc_phash`` filled where missing.
+def _hashes_or_reason(path: Path) -> tuple[str | None, str | None, str | None]:
+    """``(sha256, phash, None)`` of one image file, or ``(None, None, reason)`` when it cannot
+    be hashed: ``degenerate pixel data: ...`` (:mod:`cxrlib.pixel_checks`) or
+    ``unreadable image: ...`` (a truncated or corrupt file, valid magic bytes or not)."""
+    try:
+        sha, phash = image_hashes(path)
+    except DegenerateImageError as exc:
+        text = str(exc)
+        return None, None, text[text.index(DEGENERATE):] if DEGENERATE in text else text
+    except (ValueError, OSError) as exc:  # read_image names the file; PIL/pydicom errors
+        return None, None, f"unreadable image: {exc}"
+    return sha, phash, None
+
+
+def hash_images(manifest: pd.DataFrame, data_root: str | Path, progress: bool = False,
+                n_jobs: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fill ``qc_sha256`` and ``qc_phash`` where missing; rows whose image cannot be read go to
+    a QC report instead.
 
     Parameters
     ----------
@@ -125,8 +141,14 @@ def add_image_hashes(manifest: pd.DataFrame, data_root: str | Path, progress: bo
     data_root : folder the paths are relative to.
     progress : show a progress bar.
     n_jobs : worker processes (joblib) for reading and hashing images.
+
+    Returns
+    -------
+    (copy of the readable rows with both hashes, index reset; QC report of the other rows,
+    ``action = "dropped"``, reason ``degenerate pixel data: ...`` or ``unreadable image: ...``).
+    Every input row is in exactly one of the two.
     """
-    out = manifest.copy()
+    out = manifest.copy().reset_index(drop=True)
     for col in ("qc_sha256", "qc_phash"):
         if col not in out:
             out[col] = pd.NA
@@ -135,12 +157,39 @@ def add_image_hashes(manifest: pd.DataFrame, data_root: str | Path, progress: bo
     paths = [Path(data_root) / out.at[i, "path"] for i in todo]
     items = tqdm(paths, desc="hashing images", disable=not progress)
     if n_jobs == 1:
-        hashes = [image_hashes(p) for p in items]
+        results = [_hashes_or_reason(p) for p in items]
     else:
         from joblib import Parallel, delayed
-        hashes = Parallel(n_jobs=n_jobs)(delayed(image_hashes)(p) for p in items)
-    for i, (sha, phash) in zip(todo, hashes):
-        out.at[i, "qc_sha256"], out.at[i, "qc_phash"] = sha, phash
+        results = Parallel(n_jobs=n_jobs)(delayed(_hashes_or_reason)(p) for p in items)
+    reasons: dict[int, str] = {}
+    for i, (sha, phash, reason) in zip(todo, results):
+        if reason:
+            reasons[int(i)] = reason
+        else:
+            out.at[i, "qc_sha256"], out.at[i, "qc_phash"] = sha, phash
+    bad = out.index.isin(list(reasons))
+    report = report_rows(out[bad], [reasons[i] for i in out.index[bad]])
+    return out[~bad].reset_index(drop=True), report
+
+
+def add_image_hashes(manifest: pd.DataFrame, data_root: str | Path, progress: bool = False,
+                     n_jobs: int = 1) -> pd.DataFrame:
+    """A copy of ``manifest`` with ``qc_sha256`` and ``qc_phash`` filled where missing.
+
+    Parameters as :func:`hash_images`, which importers and :func:`run_qc` use so that an
+    unreadable or degenerate image becomes a QC report row.
+
+    Raises
+    ------
+    ValueError naming every file that cannot be hashed, with its reason (no row is dropped
+    silently here).
+    """
+    out, report = hash_images(manifest, data_root, progress, n_jobs)
+    if len(report):
+        listed = "; ".join(f"{p}: {r}" for p, r in zip(report["path"], report["reason"]))
+        raise ValueError(f"{len(report)} image(s) cannot be hashed (use cxrlib.qc.hash_images "
+                         f"to report them instead): {listed}")
+    out.index = manifest.index
     return out
 
 
@@ -337,7 +386,8 @@ def run_qc(
     progress: bool = False,
     n_jobs: int = 1,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Missing files, frontal-only filter, hashing, duplicates and patient groups.
+    """Missing files, frontal-only filter, hashing (unreadable or degenerate images are
+    dropped with the reason, :func:`hash_images`), duplicates and patient groups.
 
     Returns
     -------
@@ -349,7 +399,7 @@ def run_qc(
     report_frontal = empty_report()
     if frontal:
         kept, report_frontal = frontal_only(kept, keep_unknown_projection)
-    kept = add_image_hashes(kept, data_root, progress=progress, n_jobs=n_jobs)
+    kept, report_unreadable = hash_images(kept, data_root, progress=progress, n_jobs=n_jobs)
     pairs = find_duplicates(kept, near_max_distance)
     kept, report_exact = drop_exact_duplicates(kept, pairs)
     pairs = find_duplicates(kept, near_max_distance)
@@ -358,5 +408,6 @@ def run_qc(
                           [f"near duplicate of {a} ({d} bits): same patient group"
                            for a, d in zip(near["image_id_a"], near["distance"])], "flagged")
     kept["qc_patient_group"] = patient_groups(kept, pairs)
-    report = concat_reports(report_missing, report_frontal, report_exact, flagged)
+    report = concat_reports(report_missing, report_frontal, report_unreadable, report_exact,
+                            flagged)
     return kept, report, pairs

@@ -13,7 +13,7 @@ from cxrlib.importers.actualmed import import_actualmed
 from cxrlib.importers.bimcv import import_bimcv
 from cxrlib.importers.chexpert import import_chexpert
 from cxrlib.importers.cohen import import_cohen
-from cxrlib.importers.common import ImportOptions, ImportResult
+from cxrlib.importers.common import ImportOptions, ImportResult, check_source_root
 from cxrlib.importers.covidgr import import_covidgr
 from cxrlib.importers.generic import import_csv, import_folders
 from cxrlib.importers.hm import import_hm
@@ -51,6 +51,7 @@ def run_importer(source: str, root, options: ImportOptions | None = None, **kwar
         importer = IMPORTERS[source]
     except KeyError:
         raise ValueError(f"unknown source {source!r}; choose one of {sorted(IMPORTERS)}") from None
+    check_source_root(root, source)  # a file or a missing path: a clear error, not a traceback
     return importer(root, options, **kwargs)
 
 

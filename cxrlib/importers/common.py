@@ -22,8 +22,6 @@ cp1252, else Latin-1); the encodings used go to the sidecar (``metadata_encoding
 """
 from __future__ import annotations
 
-import codecs
-import gzip
 import io
 import os
 from collections import Counter
@@ -38,6 +36,7 @@ from tqdm.auto import tqdm
 from cxrlib import qc
 from cxrlib.corpus import companion_paths
 from cxrlib.dicom import (
+    DegenerateDicomError,
     DicomError,
     dicom_to_cached_png,
     exclusion_reason,
@@ -45,19 +44,22 @@ from cxrlib.dicom import (
     read_dicom_header,
 )
 from cxrlib.images import DICOM_SUFFIXES, image_format
-from cxrlib.manifest import COLUMNS, validate_manifest, write_manifest
+from cxrlib.manifest import (
+    ALLOW_OUTSIDE_KEY,
+    COLUMNS,
+    escapes_root,
+    validate_manifest,
+    write_manifest,
+)
+from cxrlib.pixel_checks import DEGENERATE
 from cxrlib.pseudonym import key_fingerprint, pseudonymize_series, resolve_key
+from cxrlib.textfiles import TEXT_ENCODINGS, read_text_file  # noqa: F401 (re-exported)
 
 #: Default cache folder, relative to the source root, for derived files (DICOM -> PNG, masks).
 DEFAULT_CACHE_DIRNAME = "cxrlib_cache"
 CANDIDATE_COLUMNS = (*COLUMNS, "patient_raw", "drop_reason")
 #: File name suffixes (any case) taken for images; files without one are told by content.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".tif", ".tiff", ".dcm", ".dicom")
-#: Encodings tried, in this order, on metadata text files: UTF-8 (a byte-order mark, if any, is
-#: dropped), Windows-1252 (files saved on Western-European Windows: a degree sign is byte 0xB0),
-#: Latin-1 (decodes any byte, so a file always decodes). A file that starts with a UTF-16
-#: byte-order mark (spreadsheets' "Unicode text") is read as UTF-16.
-TEXT_ENCODINGS = ("utf-8-sig", "cp1252", "latin-1")
 #: Reason given to image files of a scanned folder that no metadata row names.
 UNLISTED = "image file not listed in the metadata"
 #: The manifest's ``source`` value per importer key: the names of the source papers (seed 001
@@ -116,6 +118,27 @@ class ImportOptions:
     n_jobs: int = 1
 
 
+class RootNotAFolderError(NotADirectoryError, ValueError):
+    """An import ROOT that is a file; both a NotADirectoryError and a ValueError (so the
+    command line reports it as bad input, exit status 2)."""
+
+
+def check_source_root(root: str | Path, source: str) -> Path:
+    """``root`` resolved, after checking that it is not a file (a missing ROOT is left to the
+    importer, whose error names the metadata it looked for).
+
+    Raises
+    ------
+    RootNotAFolderError (a NotADirectoryError and a ValueError) naming the path and the
+    importer when ROOT is a file (give the folder that holds the distribution).
+    """
+    path = Path(root).expanduser()
+    if path.exists() and not path.is_dir():
+        raise RootNotAFolderError(f"{source} importer: ROOT {path} is a file, not a folder; give "
+                                 f"the folder that holds the {source} distribution")
+    return path.resolve()
+
+
 def candidates_frame(records: list[dict] | pd.DataFrame) -> pd.DataFrame:
     """A candidate table with every ``CANDIDATE_COLUMNS`` column (missing ones empty)."""
     df = pd.DataFrame(records) if not isinstance(records, pd.DataFrame) else records.copy()
@@ -126,34 +149,6 @@ def candidates_frame(records: list[dict] | pd.DataFrame) -> pd.DataFrame:
     if extra:
         raise ValueError(f"unexpected candidate columns {extra}")
     return df[list(CANDIDATE_COLUMNS)].astype(object).reset_index(drop=True)
-
-
-def read_text_file(path: str | Path) -> tuple[str, str]:
-    """The text of a metadata file (CSV, TSV, TXT, JSON) and the encoding that decoded it.
-
-    ``.gz`` files are decompressed first. The encoding is the first of ``TEXT_ENCODINGS`` that
-    decodes every byte, named ``utf-8`` (no byte-order mark), ``utf-8-sig`` (a BOM, left out of
-    the text), ``cp1252`` or ``latin-1``; ``utf-16`` for a file with a UTF-16 BOM. Decoding
-    never fails (Latin-1 maps every byte to a character); line ends are left as they are.
-    """
-    path = Path(path)
-    data = path.read_bytes()
-    if path.suffix.lower() == ".gz":
-        data = gzip.decompress(data)
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        try:
-            return data.decode("utf-16"), "utf-16"
-        except UnicodeDecodeError:
-            pass
-    for encoding in TEXT_ENCODINGS:
-        try:
-            text = data.decode(encoding)
-        except UnicodeDecodeError:
-            continue
-        if encoding == "utf-8-sig" and not data.startswith(codecs.BOM_UTF8):
-            encoding = "utf-8"
-        return text, encoding
-    raise AssertionError("unreachable: latin-1 decodes any byte")
 
 
 def read_table(path: Path, what: str, required: tuple[str, ...] = (), **kwargs) -> pd.DataFrame:
@@ -305,6 +300,9 @@ def _convert_one(path: Path, cache_dir: Path, key: bytes, namespace: str
             return None, header, reason
         png, _ = dicom_to_cached_png(path, cache_dir)
         return png, header, None
+    except DegenerateDicomError as exc:  # "PATH: degenerate pixel data: rescale slope 0"
+        text = str(exc)
+        return None, None, text[text.index(DEGENERATE):] if DEGENERATE in text else text
     except DicomError as exc:
         return None, None, f"unreadable DICOM: {exc}"
 
@@ -316,7 +314,9 @@ def convert_dicom_rows(cand: pd.DataFrame, root: Path, cache_dir: Path, key: byt
     ``path`` becomes the cached PNG (relative to ``root``); empty sex, age, projection, sensor
     and study date are filled from the allow-listed tags, and a row without a patient gets the
     pseudonym of the DICOM ``PatientID`` (``key``, ``namespace``); non-radiographs,
-    multi-frame, colour and unreadable files get a ``drop_reason``. Returns a new table.
+    multi-frame, colour and unreadable files get a ``drop_reason`` (``unreadable DICOM: ...``),
+    and so do files whose pixels hold no image (``degenerate pixel data: rescale slope 0``,
+    ``...: constant image``: :mod:`cxrlib.pixel_checks`). Returns a new table.
     """
     cand = cand.copy()
     todo = [i for i in cand.index[cand["drop_reason"].isna()]
@@ -345,9 +345,9 @@ def convert_dicom_rows(cand: pd.DataFrame, root: Path, cache_dir: Path, key: byt
 
 
 def _file_reasons(cand: pd.DataFrame, root: Path) -> pd.Series:
-    """Why kept rows cannot be imported: image or mask file absent, or an image file whose
-    content is no format read here (files named ``.dcm``/``.dicom`` are left to the DICOM
-    reader, which gives its own reason)."""
+    """Why kept rows cannot be imported: image or mask path outside ``root`` (absolute or
+    ``../``), file absent, or an image file whose content is no format read here (files
+    named ``.dcm``/``.dicom`` are left to the DICOM reader, which gives its own reason)."""
     reasons = pd.Series(pd.NA, index=cand.index, dtype=object)
     for i in cand.index[cand["drop_reason"].isna()]:
         for col in ("path", "lung_mask_path", "lesion_mask_path"):
@@ -355,7 +355,9 @@ def _file_reasons(cand: pd.DataFrame, root: Path) -> pd.Series:
             if not isinstance(rel, str):
                 continue
             file = root / rel
-            if not file.is_file():
+            if escapes_root(rel):
+                reasons[i] = f"{col} outside the source root: {rel}"
+            elif not file.is_file():
                 reasons[i] = f"{'image' if col == 'path' else col} file not found: {rel}"
             elif (col == "path" and file.suffix.lower() not in DICOM_SUFFIXES
                   and image_format(file) is None):
@@ -389,11 +391,17 @@ def finish_import(
     (by name or content) are converted (:func:`convert_dicom_rows`); ``patient_raw`` is
     pseudonymised with the key; rows without a patient or with a label outside the schema go
     to the report; with ``options.hash_images`` the images are hashed and duplicates grouped
-    (``qc_patient_group``) and flagged. Every candidate row ends up in the manifest or in the
-    report (checked: :func:`accounting`). ``extra_report`` rows (the importer's own flags) are
-    appended to the report. With ``patient_per_image``, a row that still has no patient (no id
-    in the metadata, no DICOM ``PatientID``) counts as its own patient (pseudonym of its
-    ``image_id``) instead of being dropped.
+    (``qc_patient_group``) and flagged; an image that cannot be read then (truncated or
+    corrupt content behind valid magic bytes: ``unreadable image: ...``; NaN/inf, constant or
+    near-constant pixels: ``degenerate pixel data: ...``) moves from the manifest to the
+    report (:func:`cxrlib.qc.hash_images`; without hashing, only DICOM files are decoded at
+    import). Every candidate row ends up in the manifest or in the report (checked:
+    :func:`accounting`). When the cache folder lies outside ``root``, the sidecar gets
+    ``allow_paths_outside_root: true`` (:func:`cxrlib.manifest.load_manifest`).
+    ``extra_report`` rows (the importer's own flags) are appended to the report. With
+    ``patient_per_image``, a row that still has no patient (no id in the metadata, no DICOM
+    ``PatientID``) counts as its own patient (pseudonym of its ``image_id``) instead of being
+    dropped.
     """
     root = Path(root).resolve()
     cand = candidates_frame(cand)
@@ -431,10 +439,14 @@ def finish_import(
     report = qc.concat_reports(
         qc.report_rows(dropped, dropped["drop_reason"].astype(str).tolist()), extra_report)
     kept = cand[cand["drop_reason"].isna()].drop(columns=["patient_raw", "drop_reason"])
+    outside = not cache_dir.resolve().is_relative_to(root)
     manifest = validate_manifest(kept, data_root=root, check_files=True,
-                                 origin=f"{source} importer")
+                                 origin=f"{source} importer", allow_outside_root=outside)
+    n_dropped = len(dropped)
     if options.hash_images and len(manifest):
-        manifest = qc.add_image_hashes(manifest, root, options.progress, options.n_jobs)
+        manifest, unreadable = qc.hash_images(manifest, root, options.progress, options.n_jobs)
+        report = qc.concat_reports(report, unreadable)  # degenerate or truncated images
+        n_dropped += len(unreadable)
         pairs = qc.find_duplicates(manifest)
         manifest["qc_patient_group"] = qc.patient_groups(manifest, pairs)
         flagged = qc.report_rows(
@@ -450,8 +462,10 @@ def finish_import(
         "cache_dir": relpath(cache_dir, root),
         "n_candidates": int(len(cand)),
         "n_images": int(len(manifest)),
-        "n_dropped": int(len(dropped)),
+        "n_dropped": int(n_dropped),
     }
+    if outside:  # cached PNGs outside ROOT: manifest paths start with ../ (load_manifest)
+        info[ALLOW_OUTSIDE_KEY] = True
     info.update(meta or {})
     result = ImportResult(source=name, manifest=manifest, report=report, root=root,
                           split_plan=split_plan, meta=info)

@@ -80,14 +80,43 @@ def load_mapping(path: str | Path) -> dict:
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ValueError(f"cannot parse mapping file {path}: {exc}") from exc
+        raise ValueError(f"cannot parse mapping file {path} (YAML: indent with spaces, not "
+                         f"tabs): {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"mapping file {path} must hold a mapping (key: value), got "
                          f"{type(data).__name__}")
     return data
 
 
+def compile_patient_regex(pattern, kind: str = "folders") -> re.Pattern | None:
+    """The mapping's ``patient_regex`` compiled (``None`` when absent or empty).
+
+    Raises
+    ------
+    ValueError naming the key: not a text, not a valid regular expression (``(abc``), or
+    without a capturing group (group 1 is the patient id).
+    """
+    if pattern is None or pattern == "":
+        return None
+    if not isinstance(pattern, str):
+        raise ValueError(f"{kind} mapping: 'patient_regex' must be a text, got {pattern!r} "
+                         f"({type(pattern).__name__})")
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{kind} mapping: 'patient_regex' {pattern!r} is not a valid regular "
+                         f"expression: {exc}") from None
+    if regex.groups < 1:
+        raise ValueError(f"{kind} mapping: 'patient_regex' {pattern!r} has no capturing group; "
+                         "group 1, e.g. '^(person\\d+)_', must capture the patient id")
+    return regex
+
+
 def _check_mapping(mapping: dict, allowed: set, required: set, kind: str) -> None:
+    """ValueError for unknown or missing keys, values of the wrong type (``source``, ``csv``,
+    ``sep``, ``path``, ``image_id`` texts; ``labels``, ``columns``, ``values``, ``constants``
+    mappings; a ``patient_regex`` that does not compile or has no group) and targets that are
+    no manifest column."""
     unknown = sorted(set(mapping) - allowed)
     if unknown:
         raise ValueError(f"{kind} mapping: unknown key(s) {unknown}; allowed are {sorted(allowed)}")
@@ -98,10 +127,34 @@ def _check_mapping(mapping: dict, allowed: set, required: set, kind: str) -> Non
         if key in mapping and not isinstance(mapping[key], dict):
             raise ValueError(f"{kind} mapping: '{key}' must be a mapping, got "
                              f"{type(mapping[key]).__name__}")
+    for key in ("source", "csv", "sep", "path", "image_id"):
+        if key in mapping and not isinstance(mapping[key], str):
+            raise ValueError(f"{kind} mapping: '{key}' must be a text, got {mapping[key]!r} "
+                             f"({type(mapping[key]).__name__})")
+    for col, value_map in (mapping.get("values") or {}).items():
+        if not isinstance(value_map, dict):
+            raise ValueError(f"{kind} mapping: values.{col} must be a mapping (source value: "
+                             f"value), got {type(value_map).__name__}")
+    compile_patient_regex(mapping.get("patient_regex"), kind)
     targets = list((mapping.get("columns") or {}).values()) + list(mapping.get("constants") or {})
     bad = sorted({str(t) for t in targets} - _TARGETS)
     if bad:
         raise ValueError(f"{kind} mapping: {bad} are not manifest columns; use {sorted(_TARGETS)}")
+
+
+def _checked_mapping(mapping: dict | str | Path | None, allowed: set, required: set, kind: str,
+                     default_source: str | None = None) -> dict:
+    """The mapping (a dict, or a file read by :func:`load_mapping`) checked by
+    :func:`_check_mapping`; errors about a mapping file name the file."""
+    is_file = isinstance(mapping, (str, Path))
+    data = load_mapping(mapping) if is_file else dict(mapping or {})
+    if default_source is not None:
+        data.setdefault("source", default_source)
+    try:
+        _check_mapping(data, allowed, required, kind)
+    except ValueError as exc:
+        raise ValueError(f"{mapping}: {exc}" if is_file else str(exc)) from None
+    return data
 
 
 def normalise_values(cand: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -174,12 +227,11 @@ def import_folders(root: str | Path, options: ImportOptions | None = None,
     """
     options = options or ImportOptions()
     root = Path(root).resolve()
-    mapping = load_mapping(mapping) if isinstance(mapping, (str, Path)) else dict(mapping or {})
-    mapping.setdefault("source", root.name.lower())
-    _check_mapping(mapping, _FOLDERS_KEYS, {"source"}, "folders")
+    mapping = _checked_mapping(mapping, _FOLDERS_KEYS, {"source"}, "folders",
+                               default_source=root.name.lower())
     source = str(mapping["source"])
     labels = {str(k): v for k, v in (mapping.get("labels") or {}).items()}
-    regex = re.compile(mapping["patient_regex"]) if mapping.get("patient_regex") else None
+    regex = compile_patient_regex(mapping.get("patient_regex"))
     cache_dir = Path(options.cache_dir).resolve() if options.cache_dir else None
     folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name != DEFAULT_CACHE_DIRNAME
                      and not p.name.startswith(".") and p.resolve() != cache_dir)
@@ -224,8 +276,7 @@ def import_csv(root: str | Path, options: ImportOptions | None = None,
     root = Path(root).resolve()
     if mapping is None:
         raise ValueError("csv importer: a mapping file is required (--mapping FILE)")
-    mapping = load_mapping(mapping) if isinstance(mapping, (str, Path)) else dict(mapping)
-    _check_mapping(mapping, _CSV_KEYS, {"source", "csv"}, "csv")
+    mapping = _checked_mapping(mapping, _CSV_KEYS, {"source", "csv"}, "csv")
     columns = {str(k): str(v) for k, v in (mapping.get("columns") or {}).items()}
     if "path" not in columns.values() and "path" not in mapping:
         raise ValueError("csv mapping: give a 'path' template or map a column to 'path'")
