@@ -128,8 +128,9 @@ def test_score_cams_in_the_image_frame(tmp_path):
     lesion = np.zeros((8, 12), dtype=bool)
     lesion[2, 4] = True
     (tmp_path / "masks").mkdir()
-    files = {"img.png": np.full((8, 12), 0.5), "lung.png": lungs, "lesion.png": lesion,
-             "masks/a.png": lungs}
+    # any non-constant image: only its shape is read (a constant one is degenerate pixel data)
+    files = {"img.png": np.linspace(0, 1, 96).reshape(8, 12), "lung.png": lungs,
+             "lesion.png": lesion, "masks/a.png": lungs}
     for name, array in files.items():
         Image.fromarray((array * 255).astype(np.uint8)).save(tmp_path / name)
     manifest = pd.DataFrame({"image_id": ["a"], "path": ["img.png"], "lung_mask_path": ["lung.png"],
