@@ -61,7 +61,8 @@ __all__ = [
     "PROBE_SIZE", "MASKED_VIEWS", "VERDICT_MARGIN", "MIN_EXTERNAL_PATIENTS", "ProbeSettings",
     "probe_settings", "dilate_mask", "mask_paths", "masked_views", "image_features",
     "probe_predictions", "balanced_accuracy_ci", "run_probes", "QUESTIONS", "verdicts",
-    "cnn_probes", "external_validation", "projection_retrain_problem", "retrain_by_projection",
+    "cnn_probes", "external_validation", "projection_retrain_problem",
+    "projections_not_retrained", "retrain_by_projection",
 ]
 
 #: Side (px) of the probes' images: small, so that the probes fit the CPU budget.
@@ -467,6 +468,22 @@ def projection_retrain_problem(subset: pd.DataFrame, plan: pd.DataFrame, fold: i
     if missing:
         return f"no training image of {', '.join(missing)} in fold {fold}'s training part"
     return None
+
+
+def projections_not_retrained(manifest: pd.DataFrame, plan: pd.DataFrame, fold: int = 0,
+                              seed: int = 0) -> dict[str, str]:
+    """Projection -> why :func:`retrain_by_projection` skips it (only the skipped ones), plus
+    ``"unknown"`` -> how many images have no projection when some have none."""
+    skipped = {}
+    for projection in sorted(manifest["projection"].dropna().astype(str).unique()):
+        subset = manifest[manifest["projection"].astype(str) == projection]
+        problem = projection_retrain_problem(subset, plan, fold, seed=seed)
+        if problem:
+            skipped[projection] = problem
+    unknown = int(manifest["projection"].isna().sum())
+    if unknown:
+        skipped["unknown"] = f"{unknown} image(s) of unknown projection"
+    return skipped
 
 
 def retrain_by_projection(views: pd.DataFrame, manifest: pd.DataFrame, plan: pd.DataFrame,

@@ -168,3 +168,15 @@ def test_projection_retrain_problem_names_why_a_projection_cannot_be_retrained()
     assert "no training image of covid19" in projection_retrain_problem(subset, only_test)
     no_covid = plan[subset["label"] == "control"]
     assert "no training image of covid19" in projection_retrain_problem(subset, no_covid)
+
+
+def test_projections_not_retrained_lists_each_skipped_projection_and_the_unknown():
+    from cxrlib.shortcuts import projections_not_retrained
+
+    ids = [f"i{k}" for k in range(10)]
+    manifest = pd.DataFrame({"image_id": ids, "label": ["control", "covid19"] * 5,
+                             "projection": ["PA"] * 8 + [None, "AP"]})
+    plan = pd.DataFrame({"image_id": ids, "group": ids, "repetition": 0,
+                         "fold": [0, 0, 1, 1] * 2 + [0, 1]})
+    assert projections_not_retrained(manifest, plan) == {
+        "AP": "1 class(es) only", "unknown": "1 image(s) of unknown projection"}
