@@ -1,110 +1,213 @@
-"""Sim-to-real lung segmentation: a U-Net trained on synthetic radiographs, scored on real ones.
+"""Sim-to-real lung segmentation: the U-Net trained on synthetic radiographs, on real ones.
 
-``DIR`` holds real radiographs and lung masks with the same file stems::
+Three modes:
+
+``--real DIR``: ``DIR`` holds real radiographs and lung masks with the same file stems::
 
     DIR/images/*.png     grayscale radiographs (8 or 16 bit, any size)
     DIR/masks/*.png      0/255 masks of both lungs
 
-Without ``--weights`` a synthetic cohort is generated (``cxrlib.synthetic.generate_cohort``) and a
-U-Net is trained on it first (weights saved under ``--work``); its Dice on the synthetic test
-patients is printed too. Then every real image is segmented at the size the network was trained
-at, post-processed, and scored against its mask at the mask's resolution. The last line is the
-mean Dice on the real images. The papers' U-Net reaches 0.985 (JSRT) and 0.972 (Montgomery) when
-trained on real masks of the same sets.
+The default pipeline's U-Net (:func:`cxrlib.synthetic_unet.synthetic_unet` of ``--profile``,
+trained on the synthetic cohort and cached; or ``--weights``) segments every image, then the
+same U-Net adapted to DIR's images (:func:`cxrlib.segmentation_adaptation.adapt_unet` with the
+profile's settings: batch-norm statistics, then self-training on plausible pseudo-masks; it reads
+the images only, never DIR/masks). Printed: per-image Dice and IoU without and with adaptation
+(scored against the masks at the mask's resolution), mean ± sd of each, and, as the last line,
+the mean Dice of the default pipeline (synthetic training + adaptation). The papers' U-Net
+reaches 0.985 (JSRT) and 0.972 (Montgomery) when trained on real masks of the same sets.
 
-    python benchmarks/sim2real_segmentation.py --real /path/to/real_sample
+``--real DIR --ablation``: the effect of each domain randomisation change
+(:mod:`cxrlib.domain_randomisation`) on the real-sample Dice (before adaptation): one U-Net
+trained with the profile's changes (``seg_domain_randomisation``), one with none, one without
+each of the profile's changes in turn and one with each other change added, all on the same
+synthetic cohort (``--n-images`` images of ``--preset``, ``--epochs``), printed as a table with
+the held-out synthetic Dice beside.
+
+``--corpus MANIFEST``: an unlabelled real corpus (a manifest CSV, :func:`cxrlib.manifest.load_manifest`);
+prints the segmentation QC's flag rate per source, without and with adaptation to the corpus.
+
+    python benchmarks/sim2real_segmentation.py --real ../shared/real_sample
     python benchmarks/sim2real_segmentation.py --real DIR --weights reports/.../unet_lung.pt
+    python benchmarks/sim2real_segmentation.py --real DIR --ablation --n-images 400 --epochs 3
+    python benchmarks/sim2real_segmentation.py --corpus data_manifests/my_corpus.csv
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
+from cxrlib.domain_randomisation import CHANGES
+from cxrlib.images import read_image, read_mask
 from cxrlib.paths import data_dir
 from cxrlib.profiles import get_profile
 from cxrlib.segmentation import (
-    load_unet, read_unet_params, score_masks, segment_manifest, summarise_scores,
-    train_unet_on_manifest,
+    dice_score, iou_score, load_unet, read_unet_params, score_masks, segment_images,
+    segment_manifest, train_unet_on_manifest,
 )
-from cxrlib.synthetic_unet import real_pairs, score_on_real
+from cxrlib.segmentation_adaptation import adapt_unet, adapt_unet_to_manifest, adaptation_settings
+from cxrlib.synthetic_unet import real_pairs, synthetic_unet
 
 
-def train_on_synthetic(args) -> Path:
-    """Generate a synthetic cohort, train a U-Net on it, report its synthetic test Dice."""
+def _model(args):
+    """(model, size, description) of ``--weights`` or of the profile's synthetic U-Net."""
+    if args.weights:
+        return load_unet(args.weights), int(read_unet_params(args.weights)["size"]), str(args.weights)
+    net = synthetic_unet(args.profile, seed=args.seed, progress=not args.quiet)
+    p = net.provenance
+    return net.model, net.size, (f"synthetic U-Net {net.weights_path.name} (held-out synthetic "
+                                 f"Dice {p['held_out_dice']:.3f})")
+
+
+def _scores(model, size, pairs) -> pd.DataFrame:
+    rows = []
+    for stem, image_path, mask_path in pairs:
+        image, truth = read_image(image_path), read_mask(mask_path)
+        pred = segment_images(model, [image], size)[0]
+        rows.append({"image": stem, "dice": dice_score(pred, truth),
+                     "iou": iou_score(pred, truth)})
+    return pd.DataFrame(rows)
+
+
+def _mean_sd(values: pd.Series) -> str:
+    return f"{values.mean():.3f} ± {values.std():.3f}"
+
+
+def real_mode(args) -> None:
+    pairs = real_pairs(args.real)  # fails early when the folder is incomplete
+    model, size, what = _model(args)
+    prof = get_profile(args.profile)
+    print(f"real images: {len(pairs)} from {args.real}; {what}, input {size} px")
+    before = _scores(model, size, pairs)
+    t = time.perf_counter()
+    adaptation = adapt_unet(model, [read_image(p) for _, p, _ in pairs], size,
+                            **adaptation_settings(prof), seed=args.seed)
+    p = adaptation.params
+    print(f"adaptation to these {p['n_used']} images ({prof.name} profile): batch-norm statistics "
+          f"of {p['batch_norm_layers']} layers, then {p['epochs']} self-training epoch(s) on "
+          f"{p['n_targets']} pseudo-masks of plausibility >= {p['min_plausibility']:g} "
+          f"({time.perf_counter() - t:.0f} s)")
+    after = _scores(adaptation.model, size, pairs)
+    table = before.merge(after, on="image", suffixes=("_synthetic", "_adapted"),
+                         validate="one_to_one")
+    table["image"] = table["image"].str[:40]
+    print(table.to_string(index=False, float_format="%.3f"))
+    print(f"synthetic U-Net: Dice {_mean_sd(before['dice'])}, IoU {_mean_sd(before['iou'])}")
+    print(f"adapted:         Dice {_mean_sd(after['dice'])}, IoU {_mean_sd(after['iou'])}")
+    print(f"mean Dice of the default pipeline (synthetic training + adaptation): "
+          f"{after['dice'].mean():.3f}")
+
+
+def ablation_mode(args) -> None:
+    from cxrlib.manifest import load_manifest
     from cxrlib.synthetic import generate_cohort
 
+    pairs = real_pairs(args.real)
+    prof = get_profile(args.profile)
     work = args.work
-    cohort_dir = work / f"cohort_{args.preset}_{args.n_images}_{args.synth_size}_s{args.seed}"
-    t = time.perf_counter()
-    manifest = generate_cohort(cohort_dir, preset=args.preset, n_images=args.n_images,
-                               size=args.synth_size, seed=args.seed, progress=not args.quiet)
-    print(f"synthetic cohort: {len(manifest)} images of ~{args.synth_size} px "
-          f"({time.perf_counter() - t:.0f} s) in {cohort_dir}")
-    weights = work / (f"unet_{args.preset}{args.n_images}_{args.seg_size}px_w{args.width}"
-                      f"_e{args.epochs}_s{args.seed}.pt")
-    fit = train_unet_on_manifest(
-        manifest, weights, profile=args.profile, size=args.seg_size, width=args.width,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        progress=not args.quiet,
-    )
-    print(fit.history.to_string(index=False))
-    print(f"trained in {fit.params['train_seconds']:.0f} s on {fit.params['n_train']} images; "
-          f"weights: {weights}")
-    test = manifest[manifest["image_id"].isin(
-        fit.split.loc[fit.split["subset"] == "test", "image_id"])]
-    masks_dir = work / "synthetic_test_masks"
-    segment_manifest(fit.model, test, masks_dir, size=args.seg_size, progress=False)
-    scores = score_masks(test, masks_dir, progress=False)
-    print("synthetic test patients:")
-    print(summarise_scores(scores, by="source").to_string(index=False, float_format="%.3f"))
-    return weights
+    cohort_dir = work / f"cohort_{args.preset}_{args.n_images}_{prof.synth_size}_s{args.seed}"
+    manifest = load_manifest(generate_cohort(cohort_dir, preset=args.preset, n_images=args.n_images,
+                                             size=prof.synth_size, seed=args.seed,
+                                             progress=not args.quiet))
+    base = tuple(prof.seg_domain_randomisation)
+    variants = [("profile's changes", base), ("none", ())]
+    variants += [(f"without {name}", tuple(c for c in base if c != name)) for name in base]
+    variants += [(f"with {name} added", base + (name,)) for name in CHANGES if name not in base]
+    rows = []
+    for label, changes in variants:
+        t = time.perf_counter()
+        key = hashlib.sha256(",".join(changes).encode()).hexdigest()[:10]
+        weights = work / f"ablation_{args.preset}{args.n_images}_e{args.epochs}_{key}.pt"
+        fit = train_unet_on_manifest(manifest, weights, profile=prof, epochs=args.epochs,
+                                     domain_randomisation=changes, seed=args.seed, progress=False)
+        test = manifest[manifest["image_id"].isin(
+            fit.split.loc[fit.split["subset"] == "test", "image_id"])]
+        masks_dir = work / "ablation_masks"
+        segment_manifest(fit.model, test, masks_dir, size=fit.params["size"], progress=False)
+        held = score_masks(test, masks_dir, progress=False)["dice"].mean()
+        real = _scores(fit.model, fit.params["size"], pairs)["dice"]
+        rows.append({"variant": label, "held_out_synthetic_dice": held,
+                     "real_dice": real.mean(), "real_dice_sd": real.std(),
+                     "seconds": time.perf_counter() - t})
+        print(f"{label}: real Dice {real.mean():.3f}, held-out synthetic {held:.3f}", flush=True)
+    table = pd.DataFrame(rows)
+    without = table["variant"].str.startswith("without ")
+    added = table["variant"].str.endswith(" added")
+    table["effect_of_change"] = np.where(
+        without, table.loc[0, "real_dice"] - table["real_dice"],
+        np.where(added, table["real_dice"] - table.loc[0, "real_dice"], np.nan))
+    print(table.to_string(index=False, float_format="%.3f"))
+    print("effect_of_change: the real-sample Dice the change adds to the profile's set "
+          "(positive: it helps); one training per row, so differences within a few hundredths "
+          "may be training noise")
+
+
+def corpus_mode(args) -> None:
+    from cxrlib.manifest import load_manifest
+
+    manifest = load_manifest(args.corpus)
+    root = manifest.attrs["data_root"]
+    model, size, what = _model(args)
+    print(f"corpus: {len(manifest)} images from {args.corpus}; {what}")
+    counts = []
+    for label, net in (("synthetic U-Net", model), ("adapted", None)):
+        if net is None:
+            t = time.perf_counter()
+            net = adapt_unet_to_manifest(model, size, manifest, root, args.profile,
+                                         seed=args.seed, progress=not args.quiet).model
+            print(f"adapted to the corpus in {time.perf_counter() - t:.0f} s")
+        out = args.work / "corpus_masks" / label.replace(" ", "_")
+        qc = segment_manifest(net, manifest, out, size=size, data_root=root,
+                              min_lung_fraction=args.min_lung_fraction, progress=not args.quiet)
+        qc["source"] = manifest["source"].to_numpy()
+        counts.append(qc.groupby("source")["qc_pass"].agg(
+            images="size", flagged=lambda s: int((~s).sum())).assign(model=label))
+    table = pd.concat(counts).reset_index()
+    table["flag_rate"] = table["flagged"] / table["images"]
+    print(table.pivot(index="source", columns="model", values="flag_rate").to_string(
+        float_format="%.3f"))
+    overall = table.groupby("model")[["images", "flagged"]].sum()
+    for label, row in overall.iterrows():
+        print(f"{label}: {row['flagged']} of {row['images']} flagged "
+              f"({row['flagged'] / row['images']:.1%})")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--real", type=Path, required=True, help="folder with images/ and masks/")
-    parser.add_argument("--weights", type=Path, help="a trained U-Net; else train one")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--real", type=Path, help="folder with images/ and masks/")
+    mode.add_argument("--corpus", type=Path, help="manifest CSV of an unlabelled real corpus")
+    parser.add_argument("--ablation", action="store_true",
+                        help="with --real: train one U-Net per domain randomisation variant")
+    parser.add_argument("--weights", type=Path, help="a trained U-Net instead of the synthetic one")
+    parser.add_argument("--profile", default="default", help="profile of the U-Net and adaptation")
     parser.add_argument("--work", type=Path, default=data_dir() / "sim2real",
-                        help="where the synthetic cohort and the weights go")
-    parser.add_argument("--preset", default="arias", help="synthetic cohort preset")
-    parser.add_argument("--n-images", type=int, default=400, help="synthetic images")
-    parser.add_argument("--synth-size", type=int, default=256, help="synthetic image size")
-    parser.add_argument("--profile", default="default",
-                        help="profile giving the training settings not set below")
-    parser.add_argument("--seg-size", type=int, help="U-Net input size (profile seg_size)")
-    parser.add_argument("--width", type=float, help="U-Net width (profile width)")
-    parser.add_argument("--epochs", type=int, help="epochs (profile seg_epochs)")
-    parser.add_argument("--batch-size", type=int, help="batch size (profile seg_batch_size)")
-    parser.add_argument("--lr", type=float, help="peak learning rate (profile seg_lr)")
+                        help="where ablation cohorts, weights and corpus masks go")
+    parser.add_argument("--preset", default="arias", help="ablation: synthetic cohort preset")
+    parser.add_argument("--n-images", type=int, default=400, help="ablation: synthetic images")
+    parser.add_argument("--epochs", type=int, default=3, help="ablation: U-Net epochs")
+    parser.add_argument("--min-lung-fraction", type=float, default=0.30,
+                        help="corpus: QC lung-fraction threshold (seed 003: 0.30)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    prof = get_profile(args.profile)
-    args.seg_size = args.seg_size or prof.seg_size
-    args.width = args.width or prof.width
-    args.epochs = args.epochs or prof.seg_epochs
-    args.batch_size = args.batch_size or prof.seg_batch_size
-    args.lr = args.lr or prof.seg_lr
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    real_pairs(args.real)  # fails early when the folder is incomplete
-    weights = args.weights if args.weights else train_on_synthetic(args)
-    model = load_unet(weights)
-    size = int(read_unet_params(weights).get("size", args.seg_size))
-
-    table = score_on_real(model, size, args.real)
-    table["image"] = table["image"].str[:40]
-    print(f"\nreal images: {len(table)} from {args.real}; U-Net {weights} at {size} px")
-    print(table.to_string(index=False, float_format="%.3f"))
-    print(f"median Dice: {table['dice'].median():.3f}; mean IoU: {table['iou'].mean():.3f} "
-          f"(sd {table['iou'].std():.3f}); QC pass: {int(table['qc_pass'].sum())}/{len(table)}")
-    print(f"mean Dice: {table['dice'].mean():.3f} (sd {table['dice'].std():.3f})")
+    if args.ablation and not args.real:
+        parser.error("--ablation needs --real DIR")
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.corpus:
+        corpus_mode(args)
+    elif args.ablation:
+        ablation_mode(args)
+    else:
+        real_mode(args)
 
 
 if __name__ == "__main__":

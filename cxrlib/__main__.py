@@ -17,7 +17,7 @@ def _run(args) -> int:
         params.update(parse_assignment(a) for a in args.param)
         record = run_study(profile=args.profile, manifest=args.manifest, out_dir=args.out,
                            only=only, seed=args.seed, cohorts=cohorts, kernel_name=args.kernel,
-                           parameters=params)
+                           parameters=params, fresh=args.fresh)
     except NotebookFailed as exc:
         print(f"\nSTUDY FAILED: {exc}", file=sys.stderr)
         return 1
@@ -48,7 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run.add_argument("--profile", default="default", choices=sorted(PROFILES))
     run.add_argument("--manifest", help="manifest CSV of a real corpus (default: synthetic cohorts)")
-    run.add_argument("--out", help="run folder (default reports/<profile>-<date>)")
+    run.add_argument("--out", help="run folder (default reports/<profile>-<date>); a folder that "
+                     "holds a run with other settings, or another manifest for a cohort of this "
+                     "run, is refused (see --fresh)")
+    run.add_argument("--fresh", action="store_true",
+                     help="start the run folder afresh: its earlier content is moved, not "
+                          "deleted, to <out>.replaced-<date-time> beside it")
     run.add_argument("--only", help="comma-separated notebook numbers, e.g. 00,03")
     run.add_argument("--cohorts", help="synthetic cohorts to run, in this order, e.g. arias (default: "
                      "arias-noshortcut,arias,covidgr)")

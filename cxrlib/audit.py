@@ -16,6 +16,7 @@ import pandas as pd
 from cxrlib import paper_tables
 from cxrlib.images import image_bit_depth, read_image, read_mask
 from cxrlib.manifest import LABELS, SEVERITIES
+from cxrlib.splits import split_groups
 
 
 def sample_per_source(manifest: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame:
@@ -44,6 +45,61 @@ def cohort_by_class_source(manifest: pd.DataFrame) -> pd.DataFrame:
     total["patients"] = manifest["patient_id"].nunique()
     counts.loc["total"] = total
     return counts.rename_axis("source").reset_index().rename_axis(columns=None)
+
+
+class CorpusCannotSupport(ValueError):
+    """The corpus cannot support the later notebooks (raised by notebook 00, where it shows)."""
+
+
+def corpus_support(manifest: pd.DataFrame, folds: int) -> pd.DataFrame:
+    """What the corpus can support: each class present against the folds of the profile.
+
+    Patient groups are the split plan's unit (:func:`cxrlib.splits.split_groups`: patients,
+    joined by duplicate images); a class needs at least ``folds`` of them for every test fold
+    to hold one.
+
+    Returns a DataFrame with columns ``class``, ``images``, ``patient_groups``, ``folds`` and
+    ``enough`` (``patient_groups >= folds``), one row per class present, in the schema's order.
+    """
+    groups = split_groups(manifest)
+    rows = [{"class": c, "images": int((manifest["label"] == c).sum()),
+             "patient_groups": int(groups[manifest["label"] == c].nunique()), "folds": int(folds)}
+            for c in _labels_in(manifest)]
+    table = pd.DataFrame(rows, columns=["class", "images", "patient_groups", "folds"])
+    table["enough"] = table["patient_groups"] >= table["folds"]
+    return table
+
+
+def require_support(support: pd.DataFrame, profile_name: str = "") -> str:
+    """A sentence on what the corpus supports (:func:`corpus_support`), or the reasons why the
+    later notebooks cannot run on it.
+
+    Raises
+    ------
+    CorpusCannotSupport naming each problem: fewer than two classes (every later notebook
+    compares classes), or a class with fewer patient groups than folds (a test fold without
+    that class), with what to change.
+    """
+    folds = int(support["folds"].iloc[0]) if len(support) else 0
+    profile = f" of profile {profile_name}" if profile_name else ""
+    problems = []
+    if len(support) < 2:
+        problems.append(f"the corpus has {len(support)} class(es) "
+                        f"({', '.join(support['class']) or 'no image'}); the classifiers and "
+                        "every later notebook compare classes and need at least two: add a "
+                        "source of another class to the corpus")
+    short = support[~support["enough"]]
+    for cls, n in zip(short["class"], short["patient_groups"]):
+        fewer = f", or run with {n} folds (-p profile.folds={n})" if n >= 2 else ""
+        problems.append(f"class {cls} has {n} patient group(s), fewer than the {folds} "
+                        f"folds{profile}: a test fold would hold no {cls} image; add patients "
+                        f"of that class{fewer}")
+    if problems:
+        raise CorpusCannotSupport("this corpus cannot support the study: "
+                                  + "; ".join(problems) + ".")
+    return (f"The corpus supports the study: {len(support)} classes, each with at least "
+            f"{folds} patient groups for the {folds} folds{profile} "
+            f"(fewest: {support['patient_groups'].min()}).")
 
 
 def cohort_by_class_subset(

@@ -105,6 +105,28 @@ def companion_paths(csv_path: str | Path) -> dict[str, Path]:
             "split_plan": csv_path.with_name(csv_path.stem + ".split_plan.csv")}
 
 
+class EmptyManifestError(ValueError):
+    """An import or a corpus that kept no image; nothing was written."""
+
+
+def refuse_empty(manifest: pd.DataFrame, report: pd.DataFrame, csv_path: str | Path,
+                 what: str) -> None:
+    """Stop before writing a manifest of 0 images over ``csv_path`` and its companions.
+
+    Raises
+    ------
+    EmptyManifestError naming ``what`` (``"nih import"``), the file left as it was and the
+    most frequent reasons of the report (:func:`cxrlib.qc.reason_summary`).
+    """
+    if len(manifest):
+        return
+    csv_path = Path(csv_path)
+    kept = (f"nothing was written: the earlier manifest {csv_path} and its QC report are left "
+            "as they were" if csv_path.is_file() else f"{csv_path} was not written")
+    raise EmptyManifestError(f"{what} kept 0 images, so {kept}. Left out: "
+                             f"{qc.reason_summary(report)}")
+
+
 def _typed(data: dict, key: str, kind: type, default, path: Path):
     """``data[key]`` (``default`` when absent or null) if it is a ``kind``, else ValueError
     naming the file and the key (a bool is no int here, a string no bool)."""
@@ -321,8 +343,12 @@ def _allow_outside(meta: dict, kept: pd.DataFrame, allowed_by: list[str]) -> Non
 
 def write_corpus(result: CorpusResult, csv_path: str | Path) -> dict[str, Path]:
     """Write the corpus manifest (data root: the common root), its QC report ``NAME.qc.csv``
-    and, when sources carried one, its split plan ``NAME.split_plan.csv``."""
+    and, when sources carried one, its split plan ``NAME.split_plan.csv``.
+
+    Raises :class:`EmptyManifestError` (nothing written) when the corpus kept no image."""
     paths = companion_paths(csv_path)
+    refuse_empty(result.manifest, result.report, paths["manifest"],
+                 f"corpus {result.meta.get('corpus', '')}".strip())
     write_manifest(result.manifest, paths["manifest"], data_root=result.data_root,
                    meta=result.meta)
     result.report.to_csv(paths["report"], index=False)

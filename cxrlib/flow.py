@@ -22,6 +22,7 @@ from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from cxrlib.qc import short_reason
 from cxrlib.run_folder import RunFolder
 
 FLOW_DIR = "flow"
@@ -107,12 +108,6 @@ def record_intake(run: RunFolder, manifest: pd.DataFrame, report_path: str | Pat
     return intake
 
 
-def _short(reason: str) -> str:
-    """A QC report reason without its per-image detail (the text after the first ``": "``,
-    which names a file or a value), as the import command's summary groups them."""
-    return str(reason).split(": ", 1)[0][:80]
-
-
 def flow_table(run: RunFolder | str | Path) -> pd.DataFrame:
     """The cohort's flow from the records of :func:`record_intake` and :func:`record_flow`.
 
@@ -134,7 +129,7 @@ def flow_table(run: RunFolder | str | Path) -> pd.DataFrame:
         return pd.DataFrame(columns=["step", "outcome", "reason", "images"])
     rows = pd.concat(records, ignore_index=True)
     intake_rows = rows["notebook"] == INTAKE
-    rows.loc[intake_rows, "reason"] = rows.loc[intake_rows, "reason"].map(_short)
+    rows.loc[intake_rows, "reason"] = rows.loc[intake_rows, "reason"].map(short_reason)
     order = {name: k for k, name in enumerate(
         ["manifest", INTAKE] + sorted(set(rows["notebook"]) - {"manifest", INTAKE}))}
     table = (rows.groupby(["notebook", "outcome", "reason"], sort=False).size()

@@ -71,6 +71,23 @@ def concat_reports(*reports: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[list(REPORT_COLUMNS)]
 
 
+def short_reason(reason: str) -> str:
+    """A QC reason without its per-image detail (the text after the first ``": "``, which
+    names a file or a value), to group rows by reason."""
+    return str(reason).split(": ", 1)[0][:80]
+
+
+def reason_summary(report: pd.DataFrame, action: str = "dropped", top: int = 5) -> str:
+    """The ``top`` most frequent reasons (:func:`short_reason`) of the report's ``action`` rows,
+    with their counts and one path each: ``"12 not an image (e.g. a/b.txt); 3 ..."``."""
+    rows = report[report["action"] == action].assign(
+        short=lambda r: r["reason"].map(short_reason))
+    groups = rows.groupby("short", sort=False)
+    counts = groups.size().sort_values(ascending=False, kind="stable").head(top)
+    return "; ".join(f"{n} {why} (e.g. {groups.get_group(why)['path'].iloc[0]})"
+                     for why, n in counts.items()) or "none"
+
+
 # --------------------------------------------------------------------------- hashing
 def perceptual_hash(image: np.ndarray, hash_size: int = PHASH_SIZE, highfreq_factor: int = 4
                     ) -> np.ndarray:

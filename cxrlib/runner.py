@@ -21,6 +21,14 @@ runs on those cohorts and on every real manifest.
 Parameters beyond the runner's own reach the notebooks that declare them (``-p NAME=VALUE``,
 ``--params FILE.yaml``, ``-p profile.FIELD=VALUE``; see :mod:`cxrlib.parameters`); they are
 recorded in ``run.json`` and shown on ``index.html``.
+
+One run, one folder (:mod:`cxrlib.run_folder`): the run folder's ``study.json`` holds the
+settings (profile, overrides, seed, parameters) and each cohort's manifest hash; a run with other
+settings, or another manifest for a cohort already there, is refused before anything runs,
+unless ``fresh`` (``--fresh``) first moves the folder's content aside. A notebook that fails has
+its outputs moved to ``<cohort>/stale/<notebook>/``; ``index.html`` shows every cohort of the
+folder and each notebook's last state (``failed``; ``stale`` for one made before an earlier
+notebook of its cohort failed).
 """
 from __future__ import annotations
 
@@ -31,12 +39,26 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cxrlib.paths import NOTEBOOKS_DIR, REPO_ROOT, REPORTS_DIR
 from cxrlib.parameters import resolve_parameters
+from cxrlib.paths import NOTEBOOKS_DIR, REPO_ROOT, REPORTS_DIR
 from cxrlib.profiles import get_profile
+from cxrlib.run_folder import (
+    STALE_DIR,
+    RunFolder,
+    changed_outputs,
+    check_run_settings,
+    claim_cohorts,
+    failed_outputs,
+    output_files,
+    read_run_claim,
+    run_settings,
+    set_aside_folder,
+    set_aside_outputs,
+    write_run_claim,
+)
 
 KERNEL_NAME = "cxr-study"
 
@@ -82,6 +104,8 @@ class RunRecord:
     parameters: dict = field(default_factory=dict)
     profile_overrides: dict = field(default_factory=dict)
     notebook_parameters: dict = field(default_factory=dict)
+    settings_hash: str | None = None
+    manifest_hashes: dict = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "RunRecord":
@@ -229,6 +253,88 @@ def default_out_dir(profile: str) -> Path:
     return REPORTS_DIR / f"{profile}-{dt.date.today().isoformat()}"
 
 
+def _cohort_names(manifest: str | None, cohorts: list[str] | None) -> list[str]:
+    """The cohorts of a run: the manifest's file stem, or the synthetic cohorts asked for."""
+    if manifest:
+        return [Path(manifest).stem]
+    from cxrlib.synthetic import COHORTS
+
+    names = list(cohorts or COHORTS)
+    bad = [c for c in names if c not in COHORTS]
+    if bad:
+        raise ValueError(f"unknown synthetic cohort(s) {bad}; choose from {list(COHORTS)}")
+    return names
+
+
+def _cohort_manifests(names: list[str], manifest: str | None, prof, seed: int, log
+                      ) -> dict[str, Path]:
+    """Cohort -> manifest CSV: the real manifest, or each synthetic cohort's (generated first
+    when it is not cached yet)."""
+    if manifest:
+        return {names[0]: Path(manifest)}
+    from cxrlib.synthetic import cohort_spec, default_cohort
+
+    found = {}
+    for name in names:
+        preset, knob = cohort_spec(name)
+        log(f"[{name}] synthetic cohort ({preset} preset, shortcut {knob:g}, {prof.name} profile)")
+        found[name] = Path(default_cohort(preset, prof, seed=seed, shortcut=knob,
+                                          progress=False))
+    return found
+
+
+def _now() -> str:
+    return dt.datetime.now().isoformat(timespec="milliseconds")
+
+
+def _rebuild_flow(cohort_dir: Path, moved: list[str]) -> list[str]:
+    """Rebuild ``tables/flow.csv`` (and ``.md``) when a failed notebook's flow record was set
+    aside; returns the files rebuilt (none otherwise)."""
+    from cxrlib.flow import FLOW_DIR, flow_table
+
+    if not (any(m.startswith(f"artifacts/{FLOW_DIR}/") for m in moved)
+            and (cohort_dir / "tables" / "flow.csv").is_file()):
+        return []
+    run = RunFolder(cohort_dir)
+    run.save_table(flow_table(run), "flow")
+    return ["tables/flow.csv", "tables/flow.md"]
+
+
+def run_notebook(nb: Path, cohort: str, out: Path, params: dict, claim: dict, record: RunRecord,
+                 kernel_name: str = KERNEL_NAME, html: bool = True) -> NotebookResult:
+    """Execute one notebook into ``out/<cohort>`` and record it in ``record`` and in the run
+    folder's claim (``study.json``: status, start, the output files it wrote).
+
+    When it fails (or is interrupted), its outputs (written now or in its last recorded run,
+    and by no other notebook: :func:`cxrlib.run_folder.failed_outputs`) are moved to
+    ``<cohort>/stale/<notebook>/``, ``tables/flow.csv`` is rebuilt without its record, the
+    other files that other notebooks write too are listed as ``stale`` in its entry, and the
+    error is re-raised (:class:`NotebookFailed`).
+    """
+    cohort_dir = out / cohort
+    entries = claim["cohorts"][cohort]["notebooks"]
+    before, started = output_files(cohort_dir), _now()
+    try:
+        res = execute_notebook(nb, cohort_dir, params, cohort, kernel_name, html)
+    except (NotebookFailed, KeyboardInterrupt) as exc:
+        error = str(exc).splitlines()[0] if isinstance(exc, NotebookFailed) else "interrupted"
+        res = NotebookResult(nb.name, cohort, "failed", ipynb=nb.name,
+                             html=nb.stem + ".html" if html else None, error=error)
+        own, shared = failed_outputs(entries, nb.name, changed_outputs(cohort_dir, before))
+        moved = set_aside_outputs(cohort_dir, nb.stem, own)
+        rebuilt = _rebuild_flow(cohort_dir, moved)
+        entries[nb.name] = {**asdict(res), "started": started, "outputs": [],
+                            "set_aside": moved, "stale": [f for f in shared if f not in rebuilt]}
+        record.results.append(res)
+        write_run_claim(out, claim)
+        raise
+    entries[nb.name] = {**asdict(res), "started": started,
+                        "outputs": changed_outputs(cohort_dir, before)}
+    record.results.append(res)
+    write_run_claim(out, claim)
+    return res
+
+
 def run_study(
     profile: str = "default",
     manifest: str | Path | None = None,
@@ -240,6 +346,7 @@ def run_study(
     html: bool = True,
     notebooks_dir: Path = NOTEBOOKS_DIR,
     parameters: dict | None = None,
+    fresh: bool = False,
     log=print,
 ) -> RunRecord:
     """Run the notebooks in order on each cohort and write the run folder and its index.
@@ -255,26 +362,28 @@ def run_study(
         :data:`cxrlib.synthetic.COHORTS`); ignored with ``manifest``.
     parameters : notebook parameters and ``profile.FIELD`` overrides (name -> value, see
         :func:`cxrlib.parameters.resolve_parameters`); each notebook receives those it declares.
+    fresh : first move the run folder's content aside (to ``<out_dir>.replaced-<date-time>``,
+        :func:`cxrlib.run_folder.set_aside_folder`); nothing is deleted.
 
     Returns the :class:`RunRecord`; raises :class:`NotebookFailed` at the first failing notebook
-    after writing the index (which shows the failure).
+    after writing the index (which shows the failure), and
+    :class:`cxrlib.run_folder.RunFolderConflict` (a ValueError), before anything runs, when the
+    run folder belongs to other settings or holds another manifest for one of the cohorts.
     """
     notebooks = list_notebooks(only, notebooks_dir)
     resolved = resolve_parameters(parameters or {}, notebooks)
     prof = get_profile(profile, resolved.profile_overrides)
     check_kernel(kernel_name)
     out = Path(out_dir).resolve() if out_dir else default_out_dir(prof.name)
+    manifest = str(Path(manifest).resolve()) if manifest else None
+    names = _cohort_names(manifest, cohorts)
+    if fresh and (aside := set_aside_folder(out)):
+        log(f"--fresh: the earlier content of {out} was moved to {aside}")
+    settings = run_settings(prof.name, resolved.profile_overrides, seed, resolved.given)
+    claim = check_run_settings(out, settings)  # before any cohort is generated
+    claim_cohorts(claim, out, _cohort_manifests(names, manifest, prof, seed, log))
     out.mkdir(parents=True, exist_ok=True)
-    if manifest:
-        manifest = str(Path(manifest).resolve())
-        names = [Path(manifest).stem]
-    else:
-        from cxrlib.synthetic import COHORTS
-
-        names = list(cohorts or COHORTS)
-        bad = [c for c in names if c not in COHORTS]
-        if bad:
-            raise ValueError(f"unknown synthetic cohort(s) {bad}; choose from {list(COHORTS)}")
+    write_run_claim(out, claim)
     record = RunRecord(profile=prof.name, out_dir=str(out), seed=seed, manifest=manifest,
                        cohorts=names, started=dt.datetime.now().isoformat(timespec="seconds"),
                        versions=versions(), parameters=resolved.given,
@@ -282,42 +391,37 @@ def run_study(
                        notebook_parameters={nb: {k: v for k, v in p.items()
                                                  if k != "profile_overrides"}
                                             for nb, p in resolved.per_notebook.items()
-                                            if set(p) - {"profile_overrides"}})
+                                            if set(p) - {"profile_overrides"}},
+                       settings_hash=claim["settings_hash"],
+                       manifest_hashes={n: claim["cohorts"][n]["manifest_hash"] for n in names})
     t_run = time.perf_counter()
     try:
         for name in names:
-            cohort_dir = out / name
-            if not manifest:
-                from cxrlib.synthetic import cohort_spec, default_cohort
-
-                preset, knob = cohort_spec(name)
-                log(f"[{name}] synthetic cohort ({preset} preset, shortcut {knob:g}, {prof.name} profile)")
-                default_cohort(preset, prof, seed=seed, shortcut=knob, progress=False)
             for nb in notebooks:
                 applies_to = notebook_cohorts(nb)
                 if applies_to is not None and not manifest and name not in applies_to:
                     record.results.append(NotebookResult(nb.name, name, "skipped"))
+                    claim["cohorts"][name]["notebooks"][nb.name] = {
+                        **asdict(record.results[-1]), "started": _now(), "outputs": []}
                     log(f"[{name}] {nb.stem}: not for this cohort, skipped")
                     continue
                 log(f"[{name}] {nb.stem}: running")
                 params = {"profile": prof.name, "cohort": name, "manifest": manifest or "",
-                          "run_dir": str(cohort_dir), "seed": seed, "interactive": False,
+                          "run_dir": str(out / name), "seed": seed, "interactive": False,
                           **resolved.per_notebook.get(nb.name, {})}
                 try:
-                    res = execute_notebook(nb, cohort_dir, params, name, kernel_name, html)
-                except NotebookFailed as exc:
-                    record.results.append(NotebookResult(
-                        nb.name, name, "failed", ipynb=nb.name,
-                        html=nb.stem + ".html" if html else None, error=str(exc).splitlines()[0]))
+                    res = run_notebook(nb, name, out, params, claim, record, kernel_name, html)
+                except (NotebookFailed, KeyboardInterrupt):
                     record.status = "failed"
-                    log(f"[{name}] {nb.stem}: FAILED")
+                    log(f"[{name}] {nb.stem}: FAILED (its outputs moved to "
+                        f"{name}/{STALE_DIR}/{nb.stem}/)")
                     raise
-                record.results.append(res)
                 log(f"[{name}] {nb.stem}: ok in {res.seconds:.0f} s")
         record.status = "ok"
     finally:
         record.finished = dt.datetime.now().isoformat(timespec="seconds")
         record.seconds = round(time.perf_counter() - t_run, 1)
+        write_run_claim(out, claim)
         write_index(record, out)
     return record
 
@@ -344,11 +448,60 @@ def _flow_html(path: Path, cohort: str) -> str:
             + "<th>reasons</th></tr>" + rows + "</table>")
 
 
-def write_index(record: RunRecord, out: Path) -> Path:
-    """Write ``run.json`` and ``index.html`` of a run folder."""
-    from dataclasses import asdict
+def notebook_states(claim: dict) -> list[dict]:
+    """The last state of every notebook of every cohort of a run folder, for the index.
 
+    ``claim`` is the folder's ``study.json`` (:mod:`cxrlib.run_folder`). Returns one entry per
+    cohort and notebook (in the claim's cohort order, notebooks by name) with the keys of
+    :class:`NotebookResult` and ``started``, ``set_aside``, ``stale``; an ``ok`` notebook made
+    before an earlier notebook of its cohort failed becomes ``stale`` (it read outputs that
+    were then set aside), with the reason in ``error``.
+    """
+    rows = []
+    for cohort in claim.get("cohorts", {}).values():
+        entries = cohort.get("notebooks", {})
+        for name in sorted(entries):
+            row = dict(entries[name])
+            failed_after = [n for n in sorted(entries) if n < name
+                            and entries[n].get("status") == "failed"
+                            and entries[n].get("started", "") > row.get("started", "")]
+            if row.get("status") == "ok" and failed_after:
+                row["status"] = "stale"
+                row["error"] = (f"made before {failed_after[0]} failed: it read outputs that "
+                                "were then set aside; rerun it")
+            rows.append(row)
+    return rows
+
+
+def _report_row(r: dict, esc=html.escape) -> str:
+    """One row of the index's report table (an entry of :func:`notebook_states`)."""
+    cohort, status = r["cohort"], r.get("status", "")
+    link = (f"<a href='{esc(cohort)}/{esc(r['html'])}'>{esc(r['html'])}</a>"
+            if r.get("html") else "")
+    nb = (f"<a href='{esc(cohort)}/{esc(r['ipynb'])}'>{esc(r['ipynb'])}</a>"
+          if r.get("ipynb") else "")
+    notes = [r["error"]] if r.get("error") else []
+    if r.get("set_aside"):
+        notes.append(f"its {len(r['set_aside'])} output file(s) were moved to "
+                     f"{cohort}/{STALE_DIR}/{Path(r['notebook']).stem}/")
+    if r.get("stale"):
+        notes.append("kept but stale (other notebooks write them too): " + ", ".join(r["stale"]))
+    note = "".join(f"<br><small>{esc(n)}</small>" for n in notes)
+    return (f"<tr><td>{esc(cohort)}</td><td>{esc(r['notebook'])}</td>"
+            f"<td class='{esc(status)}'>{esc(status)}{note}</td>"
+            f"<td>{esc(str(r.get('started') or '')[:19])}</td><td>{r.get('seconds') or 0:.0f}</td>"
+            f"<td>{link}</td><td>{nb}</td></tr>")
+
+
+def write_index(record: RunRecord, out: Path) -> Path:
+    """Write ``run.json`` (this run) and ``index.html`` (every cohort of the folder, each
+    notebook's last state from ``study.json``; this run's results when there is none)."""
     (out / "run.json").write_text(json.dumps(asdict(record), indent=2))
+    claim = read_run_claim(out) or {"cohorts": {}}
+    states = notebook_states(claim) or [{**asdict(r), "started": record.started}
+                                        for r in record.results]
+    cohorts = list(claim["cohorts"]) or record.cohorts
+    stale = {(r["cohort"], f) for r in states for f in r.get("stale") or []}
     esc = html.escape
     prof = get_profile(record.profile, record.profile_overrides)
     parts = [
@@ -358,37 +511,33 @@ def write_index(record: RunRecord, out: Path) -> Path:
         "color:#222;line-height:1.45}table{border-collapse:collapse;margin:.5em 0 1.5em}"
         "td,th{border:1px solid #ccc;padding:.3em .7em;text-align:left}th{background:#f3f3f3}"
         ".ok{color:#1a7f37}.failed{color:#c0392b;font-weight:bold}.skipped{color:#888}"
+        ".stale{color:#b7791f;font-weight:bold}"
         "code{background:#f6f6f6;padding:0 .2em}</style></head><body>",
         "<h1>cxr-study: reproduced tables and figures</h1>",
         f"<p>Profile <b>{esc(record.profile)}</b>, seed {record.seed}, "
         f"{'manifest <code>' + esc(record.manifest) + '</code>' if record.manifest else 'synthetic cohorts'}"
-        f"; started {esc(record.started)}, {record.seconds or 0:.0f} s in all; status "
+        f"; last run started {esc(record.started)}, {record.seconds or 0:.0f} s in all; status "
         f"<span class='{esc(record.status)}'>{esc(record.status)}</span>.</p>",
-        "<h2>Reports</h2><table><tr><th>cohort</th><th>notebook</th><th>status</th>"
+        "<h2>Reports</h2><p>Every cohort of this run folder, each notebook's last run.</p>"
+        "<table><tr><th>cohort</th><th>notebook</th><th>status</th><th>started</th>"
         "<th>seconds</th><th>report</th><th>notebook with code</th></tr>",
     ]
-    for r in record.results:
-        link = (f"<a href='{esc(r.cohort)}/{esc(r.html)}'>{esc(r.html)}</a>" if r.html else "")
-        nb = (f"<a href='{esc(r.cohort)}/{esc(r.ipynb)}'>{esc(r.ipynb)}</a>" if r.ipynb else "")
-        err = f"<br><small>{esc(r.error)}</small>" if r.error else ""
-        parts.append(
-            f"<tr><td>{esc(r.cohort)}</td><td>{esc(r.notebook)}</td>"
-            f"<td class='{esc(r.status)}'>{esc(r.status)}{err}</td><td>{r.seconds:.0f}</td>"
-            f"<td>{link}</td><td>{nb}</td></tr>"
-        )
+    parts += [_report_row(r) for r in states]
     parts.append("</table>")
-    for name in record.cohorts:
+    for name in cohorts:
         cdir = out / name
         tables = _rel_files(cdir / "tables", "*.csv")
         figures = _rel_files(cdir / "figures", "*.png")
-        if not tables and not figures:
-            continue
-        parts.append(f"<h2>Cohort <code>{esc(name)}</code></h2>")
+        source = claim["cohorts"].get(name, {}).get("manifest")
+        parts.append(f"<h2>Cohort <code>{esc(name)}</code></h2>"
+                     + (f"<p>Manifest <code>{esc(source)}</code>.</p>" if source else ""))
         if (cdir / "tables" / "flow.csv").is_file():
             parts.append(_flow_html(cdir / "tables" / "flow.csv", name))
         if tables:
             parts.append("<p>Tables: " + ", ".join(
-                f"<a href='{esc(name)}/tables/{esc(t.name)}'>{esc(t.stem)}</a>" for t in tables) + "</p>")
+                f"<a href='{esc(name)}/tables/{esc(t.name)}'>{esc(t.stem)}</a>"
+                + (" (stale)" if (name, f"tables/{t.name}") in stale else "")
+                for t in tables) + "</p>")
         if figures:
             parts.append("<p>Figures: " + ", ".join(
                 f"<a href='{esc(name)}/figures/{esc(f.name)}'>{esc(f.stem)}</a>" for f in figures) + "</p>")

@@ -31,6 +31,7 @@ fastai is imported only when training, so inference stays light.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -47,6 +48,7 @@ from scipy import ndimage
 from sklearn.model_selection import GroupShuffleSplit
 from tqdm.auto import tqdm
 
+from cxrlib.domain_randomisation import check_changes, randomise
 from cxrlib.images import read_image, read_mask
 from cxrlib.lung_plausibility import QC_COLUMNS, RULE_COLUMNS, RULES, plausibility, rule_phrase
 from cxrlib.models.unet import UNet
@@ -91,8 +93,18 @@ def prepare_unet_input(image: np.ndarray, size: int) -> np.ndarray:
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 2:
         raise ValueError(f"image must be a 2-D array (H, W), got shape {image.shape}")
-    small = resize_image(image, (size, size))
-    eq = _equalize_hist(small, small, 256)  # skimage.exposure.equalize_hist, faster
+    return normalise_unet_input(resize_image(image, (size, size)))
+
+
+def normalise_unet_input(image: np.ndarray) -> np.ndarray:
+    """Histogram equalisation, then standardisation to zero mean and unit standard deviation,
+    of a float image (S, S) at the network's size. Returns float32 (S, S).
+
+    Equalisation maps the grey levels through their own distribution, so any increasing
+    grey-level curve applied before it is undone: applying it twice gives the same input.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    eq = _equalize_hist(image, image, 256)  # skimage.exposure.equalize_hist, faster
     sd = float(eq.std())
     return ((eq - eq.mean()) / (sd if sd > 0 else 1.0)).astype(np.float32)
 
@@ -184,13 +196,20 @@ def split_by_patient(
 
 
 class _LungDataset(torch.utils.data.Dataset):
-    """(image, mask) pairs as float tensors (1, S, S); optional joint random affine transform."""
+    """(image, mask) pairs as float tensors (1, S, S); optional domain randomisation
+    (:func:`cxrlib.domain_randomisation.randomise`, then :func:`normalise_unet_input`) and
+    joint random affine transform."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, augment: bool):
+    def __init__(self, images: np.ndarray, masks: np.ndarray, augment: bool,
+                 randomise: tuple = (), seed: int = 0):
         from torchvision.transforms import v2
 
-        self.images = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
-        self.masks = torch.from_numpy(np.asarray(masks, dtype=np.float32))[:, None]
+        self.randomise = check_changes(randomise)
+        self.rng = np.random.default_rng(seed)
+        self.raw_images = np.ascontiguousarray(images, dtype=np.float32)
+        self.raw_masks = np.asarray(masks, dtype=bool)
+        self.images = torch.from_numpy(self.raw_images)[:, None]
+        self.masks = torch.from_numpy(self.raw_masks.astype(np.float32))[:, None]
         self.transform = None
         if augment:
             zoom = AUGMENTATION["zoom"]
@@ -206,6 +225,10 @@ class _LungDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         x, y = self.images[i], self.masks[i]
+        if self.randomise:
+            image, mask = randomise(self.raw_images[i], self.raw_masks[i], self.rng, self.randomise)
+            x = torch.from_numpy(normalise_unet_input(image))[None]
+            y = torch.from_numpy(mask.astype(np.float32))[None]
         if self.transform is not None:
             from torchvision import tv_tensors
 
@@ -246,9 +269,11 @@ def train_unet(
     schedule: str = "one_cycle",
     augment: bool = True,
     batch_norm: bool = False,
+    domain_randomisation: tuple = (),
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
+    init: UNet | None = None,
 ) -> tuple[UNet, pd.DataFrame]:
     """Train a :class:`UNet` from scratch with a fastai ``Learner``.
 
@@ -264,9 +289,13 @@ def train_unet(
         rate, as the reference).
     augment : random rotation, shift and zoom (:data:`AUGMENTATION`) of image and mask together.
     batch_norm : see :class:`UNet`.
+    domain_randomisation : names of :data:`cxrlib.domain_randomisation.CHANGES` drawn on each
+        training image before the affine augmentation (each with probability 0.5).
     seed : seeds Python, NumPy and torch (weights, shuffling, augmentation).
     device : default CUDA when available, else CPU.
     progress : show fastai's progress bars and epoch table.
+    init : a U-Net to start from (a copy is trained; ``width`` and ``batch_norm`` are then its
+        own) instead of random weights.
 
     Returns
     -------
@@ -295,15 +324,19 @@ def train_unet(
 
     set_seed(seed, reproducible=True)
     device = _default_device(device)
-    train_ds = _LungDataset(train_images, train_masks, augment=augment)
+    train_ds = _LungDataset(train_images, train_masks, augment=augment,
+                            randomise=domain_randomisation, seed=seed)
     valid_ds = _LungDataset(valid_images, valid_masks, augment=False)
     dls = DataLoaders.from_dsets(
         train_ds, valid_ds, bs=batch_size, device=device,
         drop_last=(len(train_ds) > batch_size, False), num_workers=0,
     )
     # channels-last convolutions train ~1.2x faster on CPU, with the same numbers
-    model = UNet(in_channels=1, width=width, batch_norm=batch_norm).to(
-        memory_format=torch.channels_last)
+    if init is not None:
+        model = copy.deepcopy(init).train().to(memory_format=torch.channels_last)
+    else:
+        model = UNet(in_channels=1, width=width, batch_norm=batch_norm).to(
+            memory_format=torch.channels_last)
 
     def dice(logits, target):  # the name fastai shows in its epoch table
         return _batch_dice(logits, target)
@@ -362,6 +395,7 @@ def train_unet_on_manifest(
     min_steps: int | None = None,
     schedule: str = "one_cycle",
     augment: bool = True,
+    domain_randomisation: tuple | None = None,
     valid_size: float = 0.1,
     test_size: float = 0.2,
     seed: int = 0,
@@ -375,7 +409,8 @@ def train_unet_on_manifest(
     ``train``, fastai reports on ``valid`` each epoch, and ``test`` is left for scoring.
     Arguments left as None come from the profile: ``size`` = ``seg_size``, ``width`` =
     ``width``, ``epochs`` = ``seg_epochs``, ``batch_size`` = ``seg_batch_size``, ``lr`` =
-    ``seg_lr``, ``batch_norm`` = ``seg_batch_norm``, ``min_steps`` = ``seg_min_steps`` when
+    ``seg_lr``, ``batch_norm`` = ``seg_batch_norm``, ``domain_randomisation`` =
+    ``seg_domain_randomisation``, ``min_steps`` = ``seg_min_steps`` when
     ``epochs`` is None too, else 0: the epochs are raised, when needed, so that training makes
     at least ``min_steps`` optimiser steps (``ceil(min_steps / steps per epoch)`` epochs). The
     others are those of :func:`train_unet`.
@@ -392,6 +427,8 @@ def train_unet_on_manifest(
     batch_size = int(batch_size if batch_size is not None else prof.seg_batch_size)
     lr = float(lr if lr is not None else prof.seg_lr)
     batch_norm = bool(batch_norm if batch_norm is not None else prof.seg_batch_norm)
+    domain_randomisation = check_changes(domain_randomisation if domain_randomisation is not None
+                                         else prof.seg_domain_randomisation)
     rows = _rows_with_masks(manifest)
     if rows.empty:
         raise ValueError("no manifest row has a lung_mask_path: nothing to train the U-Net on")
@@ -408,13 +445,15 @@ def train_unet_on_manifest(
     model, history = train_unet(
         images[is_train], masks[is_train], images[is_valid], masks[is_valid],
         width=width, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
-        augment=augment, batch_norm=batch_norm, seed=seed, device=device, progress=progress,
+        augment=augment, batch_norm=batch_norm, domain_randomisation=domain_randomisation,
+        seed=seed, device=device, progress=progress,
     )
     params = {
         "size": size, "width": width, "batch_norm": batch_norm, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "schedule": schedule, "optimizer": "Adam",
         "loss": "binary cross-entropy (on logits)",
         "augmentation": AUGMENTATION if augment else None,
+        "domain_randomisation": list(domain_randomisation),
         "preprocessing": "resize to size x size, histogram equalisation, per-image standardisation",
         "min_steps": min_steps, "seed": seed, "profile": prof.name,
         "n_train": int(is_train.sum()), "n_valid": int(is_valid.sum()),

@@ -12,7 +12,10 @@ Every notebook starts with the same parameters cell (papermill injects the value
     profile_overrides = {} # profile fields changed for this run (-p profile.FIELD=VALUE)
 
 and then calls ``study = open_study(profile, cohort, manifest, run_dir, seed,
-profile_overrides=profile_overrides)``.
+profile_overrides=profile_overrides)``. When ``run_dir`` lies in a run folder of the runner
+(its parent holds ``study.json``, :mod:`cxrlib.run_folder`), the profile, the seed and the
+cohort's manifest must be the folder's: a notebook run by hand cannot mix its tables into a run
+of other settings.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ import pandas as pd
 from cxrlib.manifest import load_manifest
 from cxrlib.paths import REPORTS_DIR
 from cxrlib.profiles import Profile, get_profile
-from cxrlib.run_folder import RunFolder
+from cxrlib.run_folder import RunFolder, RunFolderConflict, manifest_hash, read_run_claim
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ def open_study(
         frame = load_manifest(manifest_path)
         name = cohort
     root = Path(run_dir) if run_dir else REPORTS_DIR / "interactive" / prof.name / name
+    check_run_claim(root, name, prof, int(seed), manifest_path)
     study = Study(
         profile=prof,
         cohort=name,
@@ -135,6 +139,38 @@ def open_study(
     )
     study.run.artifact(STAMP_FILE).write_text(json.dumps(study.stamp(), indent=1))
     return study
+
+
+def check_run_claim(cohort_dir: str | Path, cohort: str, profile: Profile, seed: int,
+                    manifest_path: str | Path) -> None:
+    """Check a cohort's folder against the claim of the run folder it lies in (the parent's
+    ``study.json``; nothing to check without one): the same profile fields and seed, and, for
+    a cohort the claim lists, a manifest of the same content.
+
+    Raises
+    ------
+    RunFolderConflict naming the run folder and each difference.
+    """
+    folder = Path(cohort_dir).resolve().parent
+    claim = read_run_claim(folder)
+    if claim is None:
+        return
+    settings = claim["settings"]
+    theirs = get_profile(settings["profile"], settings.get("profile_overrides") or {}).as_dict()
+    ours = profile.as_dict()
+    diff = [f"profile {k}: {theirs[k]!r} in the folder, {ours.get(k)!r} here"
+            for k in theirs if theirs[k] != ours.get(k)]
+    if settings.get("seed") != seed:
+        diff.append(f"seed: {settings.get('seed')!r} in the folder, {seed!r} here")
+    known = claim["cohorts"].get(cohort)
+    if known and known.get("manifest_hash") != manifest_hash(manifest_path):
+        diff.append(f"cohort '{cohort}' manifest: {known.get('manifest')} in the folder, "
+                    f"{manifest_path} (other content) here")
+    if diff:
+        raise RunFolderConflict(
+            f"run folder {folder} ({folder / 'study.json'}) belongs to other settings: "
+            f"{'; '.join(diff)}. Open the study with the folder's settings, or give another "
+            "run_dir")
 
 
 #: The file in a cohort's ``artifacts/`` that :func:`open_study` writes with :meth:`Study.stamp`.

@@ -31,6 +31,7 @@ from cxrlib.profiles import Profile, get_profile
 
 #: The profile fields that change the synthetic U-Net (its training cohort and its training).
 UNET_FIELDS = ("n_arias", "synth_size", "seg_size", "seg_epochs", "seg_batch_size", "seg_lr",
+               "seg_domain_randomisation",
                "seg_batch_norm", "seg_min_steps", "width")
 #: The synthetic cohort it is trained on (preset, shortcut knob).
 TRAINING_COHORT = ("arias", 1.0)
@@ -132,6 +133,12 @@ def _held_out_scores(model: UNet, manifest: pd.DataFrame, split: pd.DataFrame, s
         return score_masks(test, tmp, progress=False)
 
 
+_PROVENANCE = ("n_train", "n_valid", "n_held_out", "epochs", "size", "width", "train_seconds",
+               "domain_randomisation", "held_out_dice", "held_out_dice_sd", "held_out_iou")
+_REAL = ("real_sample_dir", "real_sample_n", "real_sample_dice", "real_sample_dice_sd",
+         "real_sample_qc_pass", "real_sample_dice_adapted", "real_sample_dice_adapted_sd")
+
+
 def synthetic_unet(profile: str | Profile = "default", seed: int = 0, progress: bool = False,
                    log=print) -> SyntheticUnet:
     """The U-Net trained on the ``arias`` synthetic cohort of ``profile``, from the cache or
@@ -144,6 +151,7 @@ def synthetic_unet(profile: str | Profile = "default", seed: int = 0, progress: 
     """
     from cxrlib.manifest import load_manifest
     from cxrlib.segmentation import load_unet, read_unet_params, train_unet_on_manifest
+    from cxrlib.segmentation_adaptation import adapt_unet, adaptation_settings
     from cxrlib.synthetic import default_cohort
 
     prof = get_profile(profile)
@@ -172,22 +180,22 @@ def synthetic_unet(profile: str | Profile = "default", seed: int = 0, progress: 
     params = read_unet_params(path)
     size = int(params["size"])
     sample = real_sample_dir()
-    if sample is not None and params.get("real_sample_dir") != str(sample):
+    if sample is not None and (params.get("real_sample_dir") != str(sample)
+                               or "real_sample_dice_adapted" not in params):
         real = score_on_real(model, size, sample)
+        adapted = adapt_unet(model, [read_image(p) for _, p, _ in real_pairs(sample)], size,
+                             **adaptation_settings(prof), seed=seed).model
+        real_adapted = score_on_real(adapted, size, sample)
         params = _update_params(path, {
             "real_sample_dir": str(sample), "real_sample_n": int(len(real)),
             "real_sample_dice": float(real["dice"].mean()),
             "real_sample_dice_sd": float(real["dice"].std()),
-            "real_sample_qc_pass": int(real["qc_pass"].sum())})
-    provenance = {k: params.get(k) for k in (
-        "trained_on", "cache_key", "n_train", "n_valid", "n_held_out", "epochs", "size", "width",
-        "train_seconds", "held_out_dice", "held_out_dice_sd", "held_out_iou",
-        "real_sample_dir", "real_sample_n", "real_sample_dice", "real_sample_dice_sd",
-        "real_sample_qc_pass")}
+            "real_sample_qc_pass": int(real["qc_pass"].sum()),
+            "real_sample_dice_adapted": float(real_adapted["dice"].mean()),
+            "real_sample_dice_adapted_sd": float(real_adapted["dice"].std())})
+    provenance = {k: params.get(k) for k in ("trained_on", "cache_key") + _PROVENANCE + _REAL}
     if sample is None:
-        for k in ("real_sample_dir", "real_sample_n", "real_sample_dice", "real_sample_dice_sd",
-                  "real_sample_qc_pass"):
-            provenance[k] = None
+        provenance.update(dict.fromkeys(_REAL))
     provenance["trained_now"] = trained_now
     return SyntheticUnet(model=model, size=size, weights_path=path, provenance=provenance)
 
@@ -217,7 +225,9 @@ def provenance_text(provenance: dict) -> str:
         text += (f"On {p['real_sample_n']} real radiographs with radiologist masks "
                  f"(`{Path(p['real_sample_dir']).name}`) it reaches Dice "
                  f"{p['real_sample_dice']:.3f} ± {p['real_sample_dice_sd']:.3f} "
-                 f"({p['real_sample_qc_pass']} of {p['real_sample_n']} pass the QC). ")
+                 f"({p['real_sample_qc_pass']} of {p['real_sample_n']} pass the QC), and "
+                 f"{p['real_sample_dice_adapted']:.3f} ± {p['real_sample_dice_adapted_sd']:.3f} "
+                 "once adapted to those images as it is adapted to a corpus below. ")
     else:
         text += ("No folder of real radiographs with masks was found (`$CXR_REAL_SAMPLE`), so its "
                  "accuracy on real images is not measured here. ")

@@ -97,3 +97,23 @@ def write_png(path, seed, bits=8, shape=(40, 32)):
     array = (noise * 65535).astype(np.uint16) if bits == 16 else (noise * 255).astype(np.uint8)
     Image.fromarray(array).save(path)
     return path
+
+
+def write_bare_dicom(path, seed):
+    """Write a DICOM data set without preamble and file meta, as some older archives hold it
+    (a 32x32 noise image drawn from ``seed``, 12 bits stored, Modality DX); return ``path``."""
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    from cxrlib.dicom import write_dicom
+
+    pixels = (np.random.default_rng(seed).random((32, 32)) * 4095).astype(np.uint16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part10 = write_dicom(pixels, path.with_suffix(".tmp.dcm"), {"Modality": "DX"}, bits_stored=12)
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, True
+    write_dataset(out, pydicom.dcmread(part10))
+    path.write_bytes(out.getvalue())
+    part10.unlink()
+    return path

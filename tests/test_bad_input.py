@@ -2,26 +2,41 @@
 
 Degenerate pixels (DICOM RescaleSlope 0, constant images), truncated files behind valid magic
 bytes, EXIF orientation, manifest paths leaving the data root, unreadable manifest files,
-typed corpus configs and mapping files, and an import ROOT that is a file.
+typed corpus configs and mapping files, an import ROOT that is a file; every entry of a scanned
+folder accounted for (BMP, links, DICOMs found by content), QC rows that carry their source, an
+import or corpus of 0 images, what a corpus can support, and a run folder that belongs to one
+manifest and one set of settings.
 """
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import write_png
-from cxrlib import qc
-from cxrlib.corpus import compose_corpus, load_corpus_config, write_corpus
+from conftest import write_bare_dicom, write_png
+from cxrlib import audit, qc
+from cxrlib.corpus import EmptyManifestError, compose_corpus, load_corpus_config, write_corpus
 from cxrlib.dicom import DicomError, read_dicom, write_dicom
 from cxrlib.images import DegenerateImageError, read_image
 from cxrlib.importers import ImportOptions, run_importer
 from cxrlib.importers.common import accounting, write_import_result
 from cxrlib.manifest import ManifestError, load_manifest, sidecar_path
 from cxrlib.pixel_checks import degenerate_reason
+from cxrlib.run_folder import (
+    RunFolderConflict,
+    changed_outputs,
+    check_run_settings,
+    claim_cohorts,
+    failed_outputs,
+    output_files,
+    run_settings,
+    set_aside_outputs,
+    write_run_claim,
+)
 
 KEY = b"test-key-0123456789abcdef"
 
@@ -95,7 +110,7 @@ def test_degenerate_rule_spares_real_looking_images():
     assert "non-finite" in degenerate_reason(np.array([[0.1, np.nan], [0.3, 0.4]]))
 
 
-@pytest.mark.parametrize("name, seed", [("cut.png", 3), ("cut.jpg", 4)])
+@pytest.mark.parametrize("name, seed", [("cut.png", 3), ("cut.jpg", 4), ("cut.tif", 5)])
 def test_truncated_image_with_valid_magic_is_a_qc_row(tmp_path, name, seed):
     write_png(tmp_path / "covid19/ok.png", 0, shape=(64, 64))
     cut = write_png(tmp_path / "covid19" / name, seed, shape=(256, 256))
@@ -284,3 +299,204 @@ def test_import_root_that_is_a_file(tmp_path):
         run_importer("folders", root, ImportOptions(key=KEY))
     with pytest.raises(ValueError, match="is a file, not a folder"):  # CLI: exit 2
         run_importer("nih", root, ImportOptions(key=KEY))
+
+
+# ----------------------------------------------- every entry of a scanned folder accounted for
+def _odd_entries(folder, outside):
+    """A BMP, a dangling link, a link loop and a link to a folder (``outside``) in ``folder``;
+    returns entry name -> the start of its QC reason in a folder-per-class import."""
+    folder.mkdir(parents=True, exist_ok=True)
+    outside.mkdir(parents=True, exist_ok=True)
+    pixels = (np.random.default_rng(9).random((40, 32)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(folder / "pic.bmp")
+    (folder / "gone.png").symlink_to(folder / "missing.png")
+    (folder / "loop_a").symlink_to(folder / "loop_b")
+    (folder / "loop_b").symlink_to(folder / "loop_a")
+    (folder / "more").symlink_to(outside, target_is_directory=True)
+    return {"pic.bmp": "unsupported image format BMP", "gone.png": "broken symbolic link",
+            "loop_a": "symbolic link loop", "loop_b": "symbolic link loop",
+            "more": "symbolic link to a folder, not followed"}
+
+
+def _assert_one_kept(result, kept, folder, expected):
+    """``kept`` (an image_id) alone in the manifest, each entry of ``expected`` (name -> start
+    of the reason) in the QC report as ``<folder>/<name>``, every candidate accounted for."""
+    assert result.manifest["image_id"].tolist() == [kept]
+    dropped = _dropped(result)
+    for name, reason in expected.items():
+        assert dropped[f"{folder}/{name}"].startswith(reason), name
+    _assert_accounted(result, 1 + len(expected))
+
+
+def test_folders_import_reports_bmp_and_links(tmp_path):
+    write_png(tmp_path / "data/covid19/ok.png", 0)
+    expected = _odd_entries(tmp_path / "data/covid19", tmp_path / "elsewhere")
+    _assert_one_kept(_folders(tmp_path / "data"), "set/covid19/ok.png", "set/covid19", expected)
+
+
+def test_metadata_import_accounts_for_every_entry_of_its_folders(tmp_path):
+    root = tmp_path / "nih"
+    root.mkdir()
+    (root / "Data_Entry_2017.csv").write_text(
+        "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+        "View Position\na.png,No Finding,0,1,58,M,PA\n")
+    write_png(root / "images/a.png", 0)
+    expected = _odd_entries(root / "images", tmp_path / "elsewhere")
+    expected["pic.bmp"] = "image file not listed in the metadata"
+    _dcm(root / "images/scan.IMA", 1, {"Modality": "DX"})  # DICOM by content, any suffix
+    write_bare_dicom(root / "images/export.bin", 2)  # no preamble, no file meta
+    expected.update({"scan.IMA": "image file not listed", "export.bin": "image file not listed"})
+    _assert_one_kept(run_importer("nih", root, ImportOptions(key=KEY)), "nih/a.png",
+                     "nih/images", expected)
+
+
+def test_qc_rows_of_the_value_normaliser_carry_the_source(tmp_path):
+    write_png(tmp_path / "covid19/a.png", 0)
+    result = run_importer("folders", tmp_path, ImportOptions(key=KEY),
+                          mapping={"source": "set", "constants": {"sex": "X"}})
+    flagged = result.report[result.report["action"] == "flagged"]
+    assert flagged["reason"].tolist() == ["sex value 'X' is not in the schema: left empty"]
+    assert flagged["source"].tolist() == ["set"]
+
+
+# ---------------------------------------------------------------- an import of 0 images
+def test_an_import_that_keeps_no_image_leaves_the_earlier_manifest(tmp_path):
+    from cxrlib.__main__ import main as cli_main
+
+    image = write_png(tmp_path / "data/covid19/a.png", 0)
+    written = write_import_result(_folders(tmp_path / "data"), tmp_path / "m/set.csv")
+    files = [*written.values(), sidecar_path(written["manifest"])]
+    before = {p: p.read_bytes() for p in files}
+    image.write_text("<html>quota exceeded</html>\n")  # the export went wrong
+    result = _folders(tmp_path / "data")
+    assert len(result.manifest) == 0
+    with pytest.raises(EmptyManifestError, match=(
+            r"set import kept 0 images, so nothing was written: the earlier manifest "
+            r".*set\.csv and its QC report are left as they were\. Left out: 1 not an image "
+            r"\(e\.g\. covid19/a\.png\)")):
+        write_import_result(result, tmp_path / "m/set.csv")
+    assert cli_main(["import", "folders", str(tmp_path / "data"), "-o", str(written["manifest"]),
+                     "--key-file", str(tmp_path / "key"), "--quiet"]) == 2
+    assert {p: p.read_bytes() for p in files} == before
+
+
+def test_a_corpus_that_keeps_no_image_is_not_written(tmp_path):
+    write_png(tmp_path / "data/covid19/a.png", 0)
+    write_import_result(_folders(tmp_path / "data"), tmp_path / "m/set.csv")
+    config = _corpus(tmp_path, "name: mine\nsources: [{manifest: m/set.csv, labels: "
+                               "[pneumonia]}]\n")
+    corpus = compose_corpus(load_corpus_config(config))
+    with pytest.raises(EmptyManifestError, match=r"corpus mine kept 0 images, so .*mine\.csv "
+                                                 r"was not written\. Left out: 1 class covid19"):
+        write_corpus(corpus, tmp_path / "mine.csv")
+    assert not (tmp_path / "mine.csv").exists()
+
+
+# ----------------------------------------------------- what a corpus can support (notebook 00)
+def _corpus_of(labels_per_patient):
+    rows = [{"image_id": f"{p}_{k}", "patient_id": p, "label": label}
+            for p, (label, n) in labels_per_patient.items() for k in range(n)]
+    return pd.DataFrame(rows)
+
+
+def test_corpus_support_counts_patient_groups_against_the_folds():
+    df = _corpus_of({"a": ("control", 2), "b": ("control", 1), "c": ("covid19", 3)})
+    support = audit.corpus_support(df, folds=2)
+    assert support.to_dict("records") == [
+        {"class": "control", "images": 3, "patient_groups": 2, "folds": 2, "enough": True},
+        {"class": "covid19", "images": 3, "patient_groups": 1, "folds": 2, "enough": False}]
+    df["qc_patient_group"] = ["g", "g", "g", "h", "h", "h"]  # duplicates join a and b
+    assert audit.corpus_support(df, folds=2)["patient_groups"].tolist() == [1, 1]
+
+
+@pytest.mark.parametrize("patients, message", [
+    ({"a": ("covid19", 1), "b": ("covid19", 1)},
+     r"the corpus has 1 class\(es\) \(covid19\); .*need at least two"),
+    ({"a": ("covid19", 1), "b": ("covid19", 1), "c": ("control", 1), "d": ("control", 1),
+      "e": ("control", 1)},
+     r"class covid19 has 2 patient group\(s\), fewer than the 3 folds of profile smoke: a test "
+     r"fold would hold no covid19 image; .*\(-p profile\.folds=2\)"),
+])
+def test_a_corpus_that_cannot_support_the_study_says_why(patients, message):
+    support = audit.corpus_support(_corpus_of(patients), folds=3)
+    with pytest.raises(audit.CorpusCannotSupport, match=message):
+        audit.require_support(support, "smoke")
+
+
+def test_a_corpus_that_supports_the_study_says_so():
+    df = _corpus_of({p: ("control" if k % 2 else "covid19", 1) for k, p in enumerate("abcd")})
+    assert audit.require_support(audit.corpus_support(df, folds=2), "smoke").startswith(
+        "The corpus supports the study: 2 classes, each with at least 2 patient groups")
+
+
+@pytest.mark.notebook
+def test_notebook_00_stops_a_one_class_corpus_with_the_reason(tmp_path, tiny_cohort):
+    from cxrlib.manifest import write_manifest
+    from cxrlib.runner import NotebookFailed, run_study
+
+    df, root = tiny_cohort
+    csv = tmp_path / "one_class.csv"
+    write_manifest(df.assign(label="covid19", severity="mild"), csv, data_root=root)
+    with pytest.raises(NotebookFailed, match=r"00_data_audit.*CorpusCannotSupport: this corpus "
+                                             r"cannot support the study: the corpus has 1 class"):
+        run_study("smoke", manifest=csv, out_dir=tmp_path / "run", only=["00"],
+                  log=lambda *a: None)
+    stale = tmp_path / "run/one_class/stale/00_data_audit/tables/corpus_support.csv"
+    assert pd.read_csv(stale)["class"].tolist() == ["covid19"]  # stated, then set aside
+
+
+# ------------------------------------------------- one run folder, one manifest and settings
+def test_run_folder_claim_refuses_other_settings_naming_each(tmp_path):
+    run = tmp_path / "run"
+    settings = run_settings("smoke", {}, 0, {"threshold": 0.5, "profile.epochs": 2})
+    assert settings["parameters"] == {"threshold": 0.5}
+    claim = check_run_settings(run, settings)  # no folder yet: a new claim
+    run.mkdir()
+    write_run_claim(run, claim)
+    assert check_run_settings(run, settings)["settings_hash"] == claim["settings_hash"]
+    with pytest.raises(RunFolderConflict) as info:
+        check_run_settings(run, run_settings("default", {"cls_folds": 1}, 1, {}))
+    message = str(info.value)
+    for part in ("profile: 'smoke' in the folder, 'default' now", "seed: 0 in the folder, 1 now",
+                 "profile.cls_folds: not set in the folder, 1 now",
+                 "threshold: 0.5 in the folder, not set now", "--fresh"):
+        assert part in message
+
+
+def test_run_folder_claim_refuses_another_manifest_for_a_cohort(tmp_path):
+    write_png(tmp_path / "m/in.png", 0)
+    csv = _manifest(tmp_path / "m", ["in.png"])
+    settings = run_settings("smoke", {}, 0, {})
+    claim = claim_cohorts(check_run_settings(tmp_path / "run", settings), tmp_path / "run",
+                          {"m": csv})
+    claim_cohorts(claim, tmp_path / "run", {"m": csv})  # the same content: taken
+    csv.write_text(csv.read_text().replace("control", "covid19"))
+    with pytest.raises(RunFolderConflict, match=r"cohort 'm' was run on another manifest: "
+                                                r".*m\.csv \(sha256 \w{12}\) in the folder"):
+        claim_cohorts(claim, tmp_path / "run", {"m": csv})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run/old.csv").write_text("a\n")
+    with pytest.raises(RunFolderConflict, match="holds files but no study.json"):
+        check_run_settings(tmp_path / "run", settings)
+
+
+def test_a_failed_notebook_sets_its_own_outputs_aside(tmp_path):
+    cohort = tmp_path / "cohort"
+    for rel in ("tables/flow.csv", "tables/a.csv", "artifacts/model.pt"):
+        (cohort / rel).parent.mkdir(parents=True, exist_ok=True)
+        (cohort / rel).write_text("old\n")
+    before = output_files(cohort)
+    (cohort / "tables/b.csv").write_text("partial\n")
+    (cohort / "tables/flow.csv").write_text("new\n")
+    stamp = before["tables/flow.csv"] + 10**9  # rewritten a second later, as by a notebook
+    os.utime(cohort / "tables/flow.csv", ns=(stamp, stamp))
+    written = changed_outputs(cohort, before)
+    assert written == ["tables/b.csv", "tables/flow.csv"]
+    notebooks = {"00.ipynb": {"outputs": ["tables/flow.csv"]},
+                 "01.ipynb": {"outputs": ["tables/a.csv", "artifacts/model.pt", "tables/c.csv"]}}
+    own, shared = failed_outputs(notebooks, "01.ipynb", written)
+    assert own == ["artifacts/model.pt", "tables/a.csv", "tables/b.csv", "tables/c.csv"]
+    assert shared == ["tables/flow.csv"]
+    assert set_aside_outputs(cohort, "01", own) == own[:3]  # c.csv was gone already
+    assert sorted(output_files(cohort)) == ["tables/flow.csv"]
+    assert (cohort / "stale/01/tables/b.csv").read_text() == "partial\n"

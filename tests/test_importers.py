@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import write_png
+from conftest import write_bare_dicom, write_png
 from cxrlib.dicom import is_dicom_file, write_dicom
 from cxrlib.images import image_format, read_image
 from cxrlib.importers import IMPORTERS, ImportOptions, run_importer
@@ -728,21 +728,6 @@ def _save(path, seed, fmt, bits=8):
     return path
 
 
-def _bare_dicom(path, seed):
-    """A DICOM data set written without preamble and file meta, as some older archives hold."""
-    import pydicom
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
-    ds = pydicom.dcmread(_dcm(path.with_suffix(".tmp.dcm"), seed, {"Modality": "DX"}))
-    out = DicomBytesIO()
-    out.is_little_endian, out.is_implicit_VR = True, True
-    write_dataset(out, ds)
-    path.write_bytes(out.getvalue())
-    path.with_suffix(".tmp.dcm").unlink()
-    return path
-
-
 def _mixed_folder_set(root):
     """A folder set with every way a real one names its files; returns the expected outcome."""
     _save(root / "covid19/a.jfif", 0, "JPEG")
@@ -764,7 +749,7 @@ def test_image_format_is_told_by_content(tmp_path):
     assert image_format(_save(tmp_path / "x.png", 0, "JPEG")) == "jpeg"  # the name lies
     assert image_format(_save(tmp_path / "x.tif", 0, "TIFF", bits=16)) == "tiff"
     assert image_format(_dcm(tmp_path / "noext", 0, {"Modality": "DX"})) == "dicom"
-    assert image_format(_bare_dicom(tmp_path / "1.2.840.7", 1)) == "dicom"
+    assert image_format(write_bare_dicom(tmp_path / "1.2.840.7", 1)) == "dicom"
     assert image_format(_write(tmp_path / "notes.txt", "PA view\n")) is None
     assert image_format(tmp_path / "absent.png") is None
     assert is_dicom_file(tmp_path / "noext") and not is_dicom_file(tmp_path / "notes.txt")
@@ -773,7 +758,7 @@ def test_image_format_is_told_by_content(tmp_path):
 def test_read_image_reads_dicom_without_extension(tmp_path):
     reference = read_image(_dcm(tmp_path / "ref.dcm", 3, {"Modality": "DX"}))
     assert np.array_equal(read_image(_dcm(tmp_path / "scan", 3, {"Modality": "DX"})), reference)
-    bare = read_image(_bare_dicom(tmp_path / "1.2.840.9", 3))
+    bare = read_image(write_bare_dicom(tmp_path / "1.2.840.9", 3))
     assert bare.shape == (32, 32) and np.array_equal(bare, reference)
 
 

@@ -61,6 +61,9 @@ def test_data_audit_tables(smoke_run):
     demo = pd.read_csv(out / "arias" / "tables" / "demographics_by_source.csv")
     assert len(demo) == 8 and demo["images"].sum() == 120
     assert (demo["males"] + demo["females"] <= demo["images"]).all()
+    support = pd.read_csv(out / "arias" / "tables" / "corpus_support.csv")
+    assert support["class"].tolist() == ["control", "pneumonia", "covid19"]
+    assert support["enough"].all() and (support["folds"] == 2).all()
 
     covidgr = pd.read_csv(out / "covidgr" / "tables" / "cohort_by_class_source.csv").set_index("source")
     assert covidgr.loc["total", "control"] == covidgr.loc["total", "covid19"] == 32

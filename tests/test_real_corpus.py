@@ -120,15 +120,33 @@ def test_every_file_is_imported(real_run):
 def test_the_synthetic_unet_segmented_the_corpus(real_run):
     cohort = real_run["out"] / "mine"
     model = pd.read_csv(cohort / "tables" / "segmentation_model.csv")
-    assert model.loc[0, "model"] == "synthetic cohort"
+    assert model.loc[0, "model"] == "synthetic cohort, adapted to the corpus"
     assert model.loc[0, "held_out_dice"] > 0.5
     if real_sample_dir() is not None:
         assert 0 < model.loc[0, "real_sample_dice"] <= 1
+        assert 0 < model.loc[0, "real_sample_dice_adapted"] <= 1
     qc = pd.read_csv(cohort / "artifacts" / "segmentation_qc.csv")
     corpus = load_manifest(real_run["manifests"] / "mine.csv")
     assert set(qc["image_id"]) == set(corpus["image_id"])
     html = (cohort / "01_lung_segmentation.html").read_text()
     assert "trained on the embedded synthetic cohort" in html
+    assert "Adaptation to this corpus" in html
+
+
+def test_the_synthetic_unet_was_adapted_to_the_corpus_images(real_run):
+    cohort = real_run["out"] / "mine"
+    model = pd.read_csv(cohort / "tables" / "segmentation_model.csv").iloc[0]
+    report = pd.read_csv(cohort / "artifacts" / "segmentation_adaptation.csv")
+    corpus = load_manifest(real_run["manifests"] / "mine.csv")
+    assert list(report["image_id"]) == list(corpus["image_id"])
+    assert report["used"].sum() == model["adaptation_n_used"] == min(len(corpus), 64)
+    used = report[report["used"]]
+    assert used[["plausibility_before", "plausibility_after"]].notna().all().all()
+    # targets are exactly the plausible pseudo-masks after the batch-norm step
+    if model["adaptation_epochs"] > 0:
+        assert (used["target"] == (used["plausibility_batchnorm"] >= 0.9)).all()
+    for figure in ("segmentation_adaptation_plausibility", "segmentation_adaptation_masks"):
+        assert (cohort / "figures" / f"{figure}.png").is_file()
 
 
 def test_flow_accounts_for_every_image(real_run):

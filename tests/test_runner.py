@@ -192,3 +192,146 @@ def test_profile_overrides_need_notebooks_that_take_them(fake_study):
     with pytest.raises(ValueError, match="declare.s. no profile_overrides parameter"):
         run_study("smoke", manifest=csv, out_dir=out, notebooks_dir=nbs, log=lambda *a: None,
                   parameters={"profile.epochs": 2})
+
+
+# ----------------------------------------------------------------- one run, one folder
+def _quiet(**kwargs):
+    return run_study("smoke", log=lambda *a: None, **kwargs)
+
+
+@pytest.fixture
+def one_notebook(tmp_path, tiny_cohort):
+    """(manifest CSV, notebooks folder, run folder) of a study of one notebook that opens the
+    study and writes a table."""
+    df, root = tiny_cohort
+    csv = tmp_path / "tiny.csv"
+    write_manifest(df, csv, data_root=root)
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    _notebook(nbs / "00_first.ipynb",
+              "from cxrlib.study import open_study\n"
+              "study = open_study(profile, cohort, manifest, run_dir, seed)\n"
+              "study.run.save_table(study.manifest[['image_id', 'label']], 'labels')")
+    return csv, nbs, tmp_path / "run"
+
+
+def test_a_run_with_other_settings_is_refused_naming_the_difference(one_notebook):
+    from cxrlib.run_folder import RunFolderConflict
+
+    csv, nbs, out = one_notebook
+    _quiet(manifest=csv, out_dir=out, notebooks_dir=nbs)
+    claim = json.loads((out / "study.json").read_text())
+    assert claim["settings"] == {"profile": "smoke", "profile_overrides": {}, "seed": 0,
+                                 "parameters": {}}
+    assert len(claim["settings_hash"]) == len(claim["cohorts"]["tiny"]["manifest_hash"]) == 64
+    assert claim["cohorts"]["tiny"]["notebooks"]["00_first.ipynb"]["outputs"] == [
+        "artifacts/study.json", "tables/labels.csv", "tables/labels.md"]
+    before = (out / "run.json").read_text()
+    with pytest.raises(RunFolderConflict, match=r"other settings: seed: 0 in the folder, 1 now.*"
+                                                r"--fresh"):
+        _quiet(manifest=csv, out_dir=out, notebooks_dir=nbs, seed=1)
+    assert (out / "run.json").read_text() == before  # refused before anything ran
+
+
+def test_another_manifest_for_the_same_cohort_is_refused(one_notebook, tiny_cohort):
+    from cxrlib.run_folder import RunFolderConflict
+
+    csv, nbs, out = one_notebook
+    _quiet(manifest=csv, out_dir=out, notebooks_dir=nbs)
+    df, root = tiny_cohort
+    other = csv.parent / "elsewhere" / "tiny.csv"  # same cohort name, other content
+    write_manifest(df.iloc[:12], other, data_root=root)
+    with pytest.raises(RunFolderConflict, match=r"cohort 'tiny' was run on another manifest: "
+                                                r".*tiny\.csv \(sha256 \w{12}\) in the folder"):
+        _quiet(manifest=other, out_dir=out, notebooks_dir=nbs)
+    res = subprocess.run([sys.executable, "-m", "cxrlib", "run", "--profile", "smoke",
+                          "--manifest", str(other), "--out", str(out), "--seed", "2"],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "seed: 0 in the folder, 2 now" in res.stderr
+
+
+def test_fresh_moves_the_old_content_aside(one_notebook, tiny_cohort):
+    csv, nbs, out = one_notebook
+    _quiet(manifest=csv, out_dir=out, notebooks_dir=nbs)
+    said = []
+    record = run_study("smoke", manifest=csv, out_dir=out, notebooks_dir=nbs, seed=1, fresh=True,
+                       log=said.append)
+    assert record.status == "ok"
+    aside = [p for p in out.parent.iterdir() if p.name.startswith("run.replaced-")]
+    assert len(aside) == 1 and (aside[0] / "tiny" / "tables" / "labels.csv").is_file()
+    assert json.loads((aside[0] / "study.json").read_text())["settings"]["seed"] == 0
+    assert json.loads((out / "study.json").read_text())["settings"]["seed"] == 1
+    assert said[0] == f"--fresh: the earlier content of {out} was moved to {aside[0]}"
+
+
+def test_a_folder_with_files_but_no_study_json_is_refused(one_notebook):
+    from cxrlib.run_folder import RunFolderConflict
+
+    csv, nbs, out = one_notebook
+    (out / "tiny" / "tables").mkdir(parents=True)
+    (out / "tiny" / "tables" / "old.csv").write_text("a\n1\n")
+    with pytest.raises(RunFolderConflict, match="holds files but no study.json"):
+        _quiet(manifest=csv, out_dir=out, notebooks_dir=nbs)
+
+
+def test_a_second_manifest_adds_a_cohort_and_the_index_keeps_both(one_notebook, tiny_cohort):
+    csv, nbs, out = one_notebook
+    _quiet(manifest=csv, out_dir=out, notebooks_dir=nbs)
+    df, root = tiny_cohort
+    second = csv.parent / "second.csv"
+    write_manifest(df.iloc[:12], second, data_root=root)
+    _quiet(manifest=second, out_dir=out, notebooks_dir=nbs)
+    index = (out / "index.html").read_text()
+    assert "Cohort <code>tiny</code>" in index and "Cohort <code>second</code>" in index
+    assert "tiny/00_first.html" in index and "second/00_first.html" in index
+    assert set(json.loads((out / "study.json").read_text())["cohorts"]) == {"tiny", "second"}
+
+
+def test_a_notebook_run_by_hand_cannot_write_into_a_run_of_other_settings(one_notebook):
+    from cxrlib.run_folder import RunFolderConflict
+    from cxrlib.study import open_study
+
+    csv, nbs, out = one_notebook
+    _quiet(manifest=csv, out_dir=out, notebooks_dir=nbs)
+    with pytest.raises(RunFolderConflict, match="seed: 0 in the folder, 3 here"):
+        open_study("smoke", "tiny", csv, out / "tiny", seed=3)
+    with pytest.raises(RunFolderConflict, match="profile cls_folds: 2 in the folder, 1 here"):
+        open_study("smoke", "tiny", csv, out / "tiny", profile_overrides={"cls_folds": 1})
+    assert open_study("smoke", "tiny", csv, out / "tiny").cohort == "tiny"
+
+
+def test_a_failed_rerun_sets_its_tables_aside_and_the_index_says_so(tmp_path, tiny_cohort):
+    df, root = tiny_cohort
+    csv = tmp_path / "tiny.csv"
+    write_manifest(df, csv, data_root=root)
+    nbs, flag = tmp_path / "notebooks", tmp_path / "fail-now"
+    nbs.mkdir()
+    save = "from cxrlib.run_folder import RunFolder\nrun = RunFolder(run_dir)\n"
+    _notebook(nbs / "00_first.ipynb", save + "run.save_table(__import__('pandas').DataFrame("
+              "{'a': [1]}), 'first')")
+    _notebook(nbs / "01_second.ipynb", save + "run.save_table(run.read_table('first'), 'second')",
+              f"assert not __import__('pathlib').Path({str(flag)!r}).exists(), 'deliberate'")
+    _notebook(nbs / "02_third.ipynb", save + "run.save_table(run.read_table('second'), 'third')")
+    out = tmp_path / "run"
+    assert _quiet(manifest=csv, out_dir=out, notebooks_dir=nbs).status == "ok"
+    good_report = (out / "tiny" / "01_second.html").read_text()
+    flag.touch()
+    with pytest.raises(NotebookFailed, match="deliberate"):
+        _quiet(manifest=csv, out_dir=out, notebooks_dir=nbs, only=["01"])
+    tables = out / "tiny" / "tables"
+    assert (tables / "first.csv").is_file() and (tables / "third.csv").is_file()
+    assert not (tables / "second.csv").exists() and not (tables / "second.md").exists()
+    assert (out / "tiny" / "stale" / "01_second" / "tables" / "second.csv").is_file()
+    assert (out / "tiny" / "01_second.html").read_text() != good_report  # the failure, shown
+    states = {n: e["status"] for n, e in json.loads((out / "study.json").read_text())[
+        "cohorts"]["tiny"]["notebooks"].items()}
+    assert states == {"00_first.ipynb": "ok", "01_second.ipynb": "failed",
+                      "02_third.ipynb": "ok"}
+    index = (out / "index.html").read_text()
+    assert "class='failed'>failed" in index and "moved to tiny/stale/01_second/" in index
+    assert "class='stale'>stale" in index and "made before 01_second.ipynb failed" in index
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+    flag.unlink()  # a good rerun puts the table back
+    _quiet(manifest=csv, out_dir=out, notebooks_dir=nbs, only=["01"])
+    assert (tables / "second.csv").is_file()
+    assert "class='stale'" not in (out / "index.html").read_text()

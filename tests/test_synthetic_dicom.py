@@ -188,7 +188,8 @@ def test_fake_phi_never_reaches_the_data_audit_notebook(tmp_path):
     writes may hold a fake identifying value."""
     from cxrlib.runner import run_study
 
-    manifest = generate_cohort(tmp_path / "cohort", **dict(KW, dicom_share=1.0))
+    # 24 images: with 16, covid19 has one patient and notebook 00 stops (fewer than 2 folds)
+    manifest = generate_cohort(tmp_path / "cohort", **dict(KW, n_images=24, dicom_share=1.0))
     out = tmp_path / "run"
     record = run_study("smoke", manifest=tmp_path / "cohort" / "manifest.csv", out_dir=out,
                        only=["00"], log=lambda *a: None)

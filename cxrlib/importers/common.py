@@ -22,8 +22,10 @@ cp1252, else Latin-1); the encodings used go to the sidecar (``metadata_encoding
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +36,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cxrlib import qc
-from cxrlib.corpus import companion_paths
+from cxrlib.corpus import companion_paths, refuse_empty
 from cxrlib.dicom import (
     DegenerateDicomError,
     DicomError,
@@ -60,6 +62,13 @@ DEFAULT_CACHE_DIRNAME = "cxrlib_cache"
 CANDIDATE_COLUMNS = (*COLUMNS, "patient_raw", "drop_reason")
 #: File name suffixes (any case) taken for images; files without one are told by content.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".jpe", ".tif", ".tiff", ".dcm", ".dicom")
+#: Suffixes of image formats not read here: such files are candidates, reported in the QC
+#: report with their format (``unsupported image format BMP: ...``), never ignored.
+OTHER_IMAGE_SUFFIXES = (".bmp", ".dib", ".gif", ".webp", ".jp2", ".j2k", ".jpx", ".pgm", ".ppm",
+                        ".pnm", ".heic", ".heif", ".avif")
+#: Leading bytes of image formats not read here, for the QC report's reason.
+_OTHER_MAGIC = ((b"GIF8", "GIF"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+                (b"\xffO\xffQ", "JPEG 2000"))
 #: Reason given to image files of a scanned folder that no metadata row names.
 UNLISTED = "image file not listed in the metadata"
 #: The manifest's ``source`` value per importer key: the names of the source papers (seed 001
@@ -202,23 +211,48 @@ def find_first(root: Path, names: tuple[str, ...], what: str) -> Path:
 
 
 def may_be_image(path: Path) -> bool:
-    """True for a file with an image suffix (``IMAGE_SUFFIXES``, any case), or with no word for
-    a suffix (none, or digits as in DICOM files named by their UID) and an image's content
-    (:func:`cxrlib.images.image_format`). Files with another suffix are not opened."""
+    """True for a file with an image suffix (``IMAGE_SUFFIXES`` or ``OTHER_IMAGE_SUFFIXES``, any
+    case), or with an image's content (:func:`cxrlib.images.image_format`: a DICOM without
+    extension or with its UID for a name, a JPEG named ``.bin``) whatever its name."""
     suffix = path.suffix.lower()
-    if suffix in IMAGE_SUFFIXES:
+    if suffix in IMAGE_SUFFIXES or suffix in OTHER_IMAGE_SUFFIXES:
         return True
-    return (not suffix or suffix[1:].isdigit()) and image_format(path) is not None
+    return image_format(path) is not None
+
+
+def link_reason(path: Path) -> str | None:
+    """Why a symbolic link is no image file, for the QC report: ``broken symbolic link
+    (target ... not found)``, ``symbolic link loop (-> ...)`` or ``symbolic link to a folder,
+    not followed (-> ...)``; None for a link to a file, or a path that is no link."""
+    if not path.is_symlink():
+        return None
+    target = os.readlink(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"symbolic link loop (-> {target})"
+        return f"broken symbolic link (target {target} not found)"
+    return f"symbolic link to a folder, not followed (-> {target})" if stat.S_ISDIR(mode) else None
+
+
+def scan_candidate(path: Path) -> bool:
+    """True for an entry a folder scan must account for (in the manifest or the QC report): a
+    file that may be an image (:func:`may_be_image`), or a symbolic link that leads to no file
+    (:func:`link_reason`)."""
+    return link_reason(path) is not None or may_be_image(path)
 
 
 def walk_files(folder: Path, skip: Iterable[Path] = ()) -> Iterator[Path]:
-    """Every file under ``folder``, in sorted order, skipping folders named like the default
-    cache folder and the folders in ``skip``."""
+    """Every file under ``folder``, in sorted order, and every symbolic link to a folder (not
+    followed), skipping folders named like the default cache folder and the folders in
+    ``skip``."""
     skip = {Path(p).resolve() for p in skip}
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if d != DEFAULT_CACHE_DIRNAME
+        links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        dirnames[:] = sorted(d for d in dirnames if d != DEFAULT_CACHE_DIRNAME and d not in links
                              and not (skip and Path(dirpath, d).resolve() in skip))
-        for name in sorted(filenames):
+        for name in sorted(filenames + links):
             yield Path(dirpath, name)
 
 
@@ -233,8 +267,19 @@ def file_index(root: Path) -> dict[str, str]:
     return index
 
 
+def _other_format(head: bytes) -> str | None:
+    """The name of an image format not read here (BMP, GIF, WebP, JPEG 2000) from a file's
+    first bytes, or None."""
+    if head[:2] == b"BM" and head[6:10] == b"\x00\x00\x00\x00":  # reserved bytes: zero
+        return "BMP"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for magic, name in _OTHER_MAGIC if head.startswith(magic)), None)
+
+
 def non_image_reason(path: Path) -> str:
     """Why a file is not read as an image, for the QC report: ``not an image: empty file``,
+    ``unsupported image format BMP ...`` (BMP, GIF, WebP, JPEG 2000),
     ``not an image: text file``, or ``unrecognised file format (...)`` with its first bytes."""
     try:
         with open(path, "rb") as f:
@@ -243,6 +288,10 @@ def non_image_reason(path: Path) -> str:
         return f"unreadable file: {exc.strerror or exc}"
     if not head:
         return "not an image: empty file"
+    other = _other_format(head)
+    if other:
+        return (f"unsupported image format {other} (PNG, JPEG, TIFF and DICOM are read): "
+                "convert it to PNG to import it")
     text = head.decode("utf-8", errors="ignore")
     if b"\x00" not in head and text and all(c.isprintable() or c.isspace() for c in text):
         return "not an image: text file"
@@ -252,9 +301,11 @@ def non_image_reason(path: Path) -> str:
 
 def unlisted_images(cand: pd.DataFrame, root: Path, source: str, folders: Iterable[str],
                     skip: Iterable[Path] = ()) -> pd.DataFrame:
-    """Candidate rows (dropped, ``UNLISTED``) for the image files (:func:`may_be_image`) under
-    ``folders`` (relative to ``root``; ``skip`` and the cache folder left out) that no row of
-    ``cand`` names in ``path``; the reason names the listed file of the same name, if any."""
+    """Candidate rows (dropped) for the entries a scan accounts for (:func:`scan_candidate`:
+    image files, links to no file) under ``folders`` (relative to ``root``; ``skip`` and the
+    cache folder left out) that no row of ``cand`` names in ``path``. The reason is
+    ``UNLISTED`` (naming the listed file of the same name, if any), or the link's
+    (:func:`link_reason`)."""
     listed = {os.path.normpath(p) for p in cand["path"] if isinstance(p, str)}
     by_name = {Path(p).name: p for p in sorted(listed)}
     records = []
@@ -263,10 +314,10 @@ def unlisted_images(cand: pd.DataFrame, root: Path, source: str, folders: Iterab
             continue  # a folder named outside ROOT is not scanned
         for path in walk_files(root / folder, skip):
             rel = path.relative_to(root).as_posix()
-            if os.path.normpath(rel) in listed or not may_be_image(path):
+            if os.path.normpath(rel) in listed or not scan_candidate(path):
                 continue
-            reason = UNLISTED
-            if path.name in by_name:
+            reason = link_reason(path) or UNLISTED
+            if reason == UNLISTED and path.name in by_name:
                 reason += f" (the metadata row of that name uses {by_name[path.name]})"
             records.append({"image_id": f"{source}/{rel}", "path": rel, "drop_reason": reason})
             listed.add(os.path.normpath(rel))
@@ -346,8 +397,9 @@ def convert_dicom_rows(cand: pd.DataFrame, root: Path, cache_dir: Path, key: byt
 
 def _file_reasons(cand: pd.DataFrame, root: Path) -> pd.Series:
     """Why kept rows cannot be imported: image or mask path outside ``root`` (absolute or
-    ``../``), file absent, or an image file whose content is no format read here (files
-    named ``.dcm``/``.dicom`` are left to the DICOM reader, which gives its own reason)."""
+    ``../``), file absent (or a link that leads to no file: :func:`link_reason`), or an image
+    file whose content is no format read here (files named ``.dcm``/``.dicom`` are left to the
+    DICOM reader, which gives its own reason)."""
     reasons = pd.Series(pd.NA, index=cand.index, dtype=object)
     for i in cand.index[cand["drop_reason"].isna()]:
         for col in ("path", "lung_mask_path", "lesion_mask_path"):
@@ -358,7 +410,8 @@ def _file_reasons(cand: pd.DataFrame, root: Path) -> pd.Series:
             if escapes_root(rel):
                 reasons[i] = f"{col} outside the source root: {rel}"
             elif not file.is_file():
-                reasons[i] = f"{'image' if col == 'path' else col} file not found: {rel}"
+                reasons[i] = (link_reason(file)
+                              or f"{'image' if col == 'path' else col} file not found: {rel}")
             elif (col == "path" and file.suffix.lower() not in DICOM_SUFFIXES
                   and image_format(file) is None):
                 reasons[i] = non_image_reason(file)
@@ -398,7 +451,8 @@ def finish_import(
     import). Every candidate row ends up in the manifest or in the report (checked:
     :func:`accounting`). When the cache folder lies outside ``root``, the sidecar gets
     ``allow_paths_outside_root: true`` (:func:`cxrlib.manifest.load_manifest`).
-    ``extra_report`` rows (the importer's own flags) are appended to the report. With
+    ``extra_report`` rows (the importer's own flags) are appended to the report; every report
+    row carries the source (``name``) where it had none. With
     ``patient_per_image``, a row that still has no patient (no id in the metadata, no DICOM
     ``PatientID``) counts as its own patient (pseudonym of its ``image_id``) instead of being
     dropped.
@@ -455,6 +509,7 @@ def finish_import(
              for k, a, d in zip(pairs["kind"], pairs["image_id_a"], pairs["distance"])],
             "flagged")
         report = qc.concat_reports(report, flagged)
+    report["source"] = report["source"].where(report["source"].notna(), name)  # extra rows
     info = {
         "source": name,
         "source_key": source,
@@ -502,8 +557,14 @@ def write_import_result(result: ImportResult, csv_path: str | Path) -> dict[str,
     root), its QC report and, when the source ships one, its split plan.
 
     Returns the paths written (keys ``manifest``, ``report`` and maybe ``split_plan``).
+
+    Raises
+    ------
+    cxrlib.corpus.EmptyManifestError (a ValueError) when the import kept no image: nothing is
+    written, an earlier manifest at ``csv_path`` and its companions are left as they were.
     """
     paths = companion_paths(csv_path)
+    refuse_empty(result.manifest, result.report, paths["manifest"], f"{result.source} import")
     write_manifest(result.manifest, paths["manifest"], data_root=result.root, meta=result.meta)
     result.report.to_csv(paths["report"], index=False)
     written = {"manifest": paths["manifest"], "report": paths["report"]}

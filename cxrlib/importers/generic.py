@@ -3,8 +3,10 @@
 ``folders``: one folder per class under ROOT; PNG, JPEG, TIFF and DICOM files alike, at any
 depth below the class folder, told by content whatever their name (``.jfif``, ``.JPG``, a DICOM
 without extension). Every file under a class folder is a candidate: one that is not an image
-goes to the QC report with the reason (``not an image: text file``, ``unrecognised file
-format ...``), and so do image files directly under ROOT (no class)::
+goes to the QC report with the reason (``not an image: text file``, ``unsupported image format
+BMP ...``, ``unrecognised file format ...``), and so do symbolic links that lead to no file
+(broken, looping, or to a folder, which is not followed) and image files directly under ROOT
+(no class)::
 
     source: kaggle_pneumonia              # required: the manifest's source name
     labels: {NORMAL: control, PNEUMONIA: pneumonia}   # class folder -> label (folders named
@@ -57,10 +59,11 @@ from cxrlib.importers.common import (
     ImportResult,
     candidates_frame,
     finish_import,
-    may_be_image,
+    link_reason,
     non_image_reason,
     read_table,
     read_text_file,
+    scan_candidate,
     text_encodings,
 )
 from cxrlib.images import DICOM_SUFFIXES, image_format
@@ -205,7 +208,10 @@ def _file_reason(path: Path, folder: str | None, label: str | None,
                  regex: re.Pattern | None) -> str | None:
     """Why a file of a folder set is left out (``None``: it is not). ``folder`` is its class
     folder (``None``: directly under ROOT), ``label`` that folder's label. A file is an image by
-    content (a file named ``.dcm``/``.dicom`` is left to the DICOM reader)."""
+    content (a file named ``.dcm``/``.dicom`` is left to the DICOM reader); a symbolic link
+    that leads to no file is reported as such (:func:`link_reason`)."""
+    if link_reason(path):
+        return link_reason(path)
     if path.suffix.lower() not in DICOM_SUFFIXES and image_format(path) is None:
         return non_image_reason(path)
     if folder is None:
@@ -216,6 +222,11 @@ def _file_reason(path: Path, folder: str | None, label: str | None,
     if regex is not None and not regex.search(path.name):
         return f"patient_regex {regex.pattern!r} does not match the file name"
     return None
+
+
+def _real_folder(path: Path) -> bool:
+    """True for a folder that is no symbolic link (a link to a folder is an entry to report)."""
+    return path.is_dir() and not path.is_symlink()
 
 
 def import_folders(root: str | Path, options: ImportOptions | None = None,
@@ -239,11 +250,11 @@ def import_folders(root: str | Path, options: ImportOptions | None = None,
         raise FileNotFoundError(f"folders: no class folder under {root}")
     records = [{"image_id": f"{source}/{f.name}", "path": f.name,
                 "drop_reason": _file_reason(f, None, None, None)}
-               for f in sorted(root.iterdir()) if f.is_file() and may_be_image(f)]
+               for f in sorted(root.iterdir()) if not _real_folder(f) and scan_candidate(f)]
     for folder in folders:
         label = labels.get(folder.name, folder.name if folder.name in LABELS else None)
         for f in sorted(folder.rglob("*")):
-            if not f.is_file():
+            if _real_folder(f):
                 continue
             rel = f.relative_to(root).as_posix()
             rec = {"image_id": f"{source}/{rel}", "path": rel, "label": label,

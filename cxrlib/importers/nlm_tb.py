@@ -36,6 +36,7 @@ from cxrlib.importers.common import (
     ImportResult,
     encoding_summary,
     finish_import,
+    link_reason,
     may_be_image,
     non_image_reason,
     read_text_file,
@@ -95,13 +96,13 @@ def import_nlm_tb(root: str | Path, options: ImportOptions | None, source: str, 
     root = Path(root).resolve()
     cache_dir = Path(options.cache_dir) if options.cache_dir else root / DEFAULT_CACHE_DIRNAME
     images, records = {}, []
-    for path in sorted(p for p in root.glob("**/CXR_png/*") if p.is_file()):
-        rel = relpath(path, root)
+    for path in sorted(p for p in root.glob("**/CXR_png/*") if p.is_file() or p.is_symlink()):
+        rel = path.relative_to(root).as_posix()  # a link keeps its own name
         if may_be_image(path) and path.stem not in images:
             images[path.stem] = rel
             continue
         reason = (f"another image of stem {path.stem} is imported: {images[path.stem]}"
-                  if path.stem in images else non_image_reason(path))
+                  if path.stem in images else link_reason(path) or non_image_reason(path))
         records.append({"image_id": f"{source}/{rel}", "path": rel, "drop_reason": reason})
     readings = {p.stem: relpath(p, root) for p in sorted(root.glob("**/ClinicalReadings/*.txt"))}
     mask_dirs = {side: sorted(root.glob(f"**/ManualMask/{side}Mask")) for side in

@@ -72,6 +72,7 @@ class Subject:
     heart_shape: tuple       # exponents of the right / left heart borders (<1: rounder)
     lung_air: float          # attenuation removed by a full depth of aerated lung
     vessel_contrast: float   # visibility of the lung vessels (about 1)
+    heart_density: float = 0.5  # extra attenuation of the heart over the mediastinum (0..1)
     neck_tissue: float = 1.0  # soft tissue of the neck and supraclavicular fossae (about 1)
     inspiration: float = 1.0  # lung height factor of this image
     projection: str = "PA"
@@ -106,7 +107,7 @@ def sample_subject(rng: np.random.Generator, sex: str, age: float) -> Subject:
         habitus=float(np.clip(n(1.0, 0.12), 0.7, 1.4)), arms=bool(rng.random() < 0.55),
         arm_gap=u(0.0, 2.5), vessel_spread=u(0.2, 0.34),
         heart_shape=(u(0.3, 0.5), u(0.45, 0.8)), lung_air=u(0.2, 0.5),
-        vessel_contrast=u(0.7, 1.3), neck_tissue=u(0.55, 1.15),
+        vessel_contrast=u(0.7, 1.3), neck_tissue=u(0.55, 1.15), heart_density=u(0.0, 1.0),
     )
 
 
@@ -583,16 +584,32 @@ def render_anatomy(thorax: Thorax, frame: PixelFrame, rng: np.random.Generator,
     lung_inside = out["inside"]
     body = _body(thorax, X, look, ppc) * np.float32(0.95 + 0.1 * (s.habitus - 1.0))
     air, heart = out["air"], out["heart"]
-    density = body - np.float32(s.lung_air) * air * (1.0 - 0.85 * heart) + 0.05 * heart
+    # the heart displaces the lung in front of and beside it: within a centimetre of its border
+    # the beam already crosses several centimetres of heart, so the border is sharp and the
+    # silhouette as dense as soft tissue; only a thin retrocardiac layer of lung stays behind it
+    blocked = np.clip(heart * np.float32(2.5), 0.0, 1.0)
+    density = (body - np.float32(s.lung_air) * air * (1.0 - 0.9 * blocked)
+               + np.float32(0.05 + 0.1 * s.heart_density) * heart)
     # gastric bubble under the left dome (with a fluid level when upright)
+    # and gas in the colon's splenic and hepatic flexures: dark like lung, but below the domes
     gx, gy = 0.45 * thorax.width[1], thorax.dome_y[1] + 0.09 * H
-    box = work.box(gx - 0.3 * H, gx + 0.3 * H, gy - 0.2 * H, gy + 0.2 * H)
-    if box is not None:
+    gas = [(gx, gy, rng.uniform(0.08, 0.16) * H, rng.uniform(0.04, 0.08) * H,
+            rng.uniform(0.05, 0.45), not s.supine)]
+    for side, sign in ((0, -1.0), (1, 1.0)):
+        if rng.random() < 0.35:
+            gas.append((sign * rng.uniform(0.5, 0.85) * thorax.width[side],
+                        thorax.cp_y[side] + rng.uniform(0.02, 0.12) * H,
+                        rng.uniform(0.05, 0.12) * H, rng.uniform(0.03, 0.07) * H,
+                        rng.uniform(0.05, 0.35), False))
+    for cx, cy, rx, ry, depth, level in gas:
+        box = work.box(cx - 2.5 * rx, cx + 2.5 * rx, cy - 3.0 * ry, cy + 3.0 * ry)
+        if box is None:
+            continue
         bx, by = X[box], Y[box]
-        bubble = np.exp(-(((bx - gx) / (0.11 * H)) ** 2 + ((by - gy) / (0.06 * H)) ** 2) * 2.0)
-        if not s.supine:
-            bubble *= np.clip((gy + 0.02 * H - by) * ppc, 0.0, 1.0) * 0.7 + 0.3
-        density[box] -= np.float32(rng.uniform(0.05, 0.22)) * bubble * body[box]
+        bubble = np.exp(-(((bx - cx) / rx) ** 2 + ((by - cy) / ry) ** 2) * 2.0)
+        if level:  # upright: a fluid level across the bubble
+            bubble *= np.clip((cy + 0.02 * H - by) * ppc, 0.0, 1.0) * 0.7 + 0.3
+        density[box] -= np.float32(depth) * bubble * body[box]
     hw = s.spine_half_width
     _add_in_box(density, work, (-1.6 * hw, 1.6 * hw, -0.6 * H, 1.6 * H), 0.07,
                 lambda x, y: _spine(thorax, x, y, ppc))

@@ -52,7 +52,7 @@ from .frame import PixelFrame
 from .presets import SOURCE_FLOOR, get_preset
 
 #: Bump when the rendering changes, so that cached cohorts are regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 #: Share of a profile's cached cohort (:func:`default_cohort`) written as DICOM, so that every
 #: study run reads some images through :mod:`cxrlib.dicom`.
