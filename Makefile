@@ -1,5 +1,6 @@
-# cxr-study: `make study` runs the whole study, `make test` runs the tests.
-# Both create the virtual environment .venv (Python 3.11) on first use.
+# cxr-study: `make study` runs the whole study, `make test` runs the tests, `make lint` checks
+# the code (ruff) and that notebooks are stored without outputs.
+# Each creates the virtual environment .venv (Python 3.11) on first use.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -10,7 +11,7 @@ PROFILE ?= default
 # pytest workers (pytest-xdist); CI has 2 cores
 JOBS ?= 2
 
-.PHONY: setup study smoke test benchmarks lock clean-data
+.PHONY: setup study smoke test lint benchmarks lock clean-data
 
 setup: $(STAMP)
 
@@ -32,6 +33,12 @@ smoke: setup
 
 test: setup
 	$(PY) -m pytest -n $(JOBS) --dist loadfile --durations=15
+
+# ruff with pyproject.toml's settings, and notebooks stored without outputs (the same checks as
+# .pre-commit-config.yaml)
+lint: setup
+	$(VENV)/bin/ruff check cxrlib tests benchmarks tools
+	$(PY) tools/nbtools.py check notebooks/*.ipynb
 
 benchmarks: setup
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import io
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np

@@ -23,8 +23,9 @@ each of the profile's changes in turn and one with each other change added, all 
 synthetic cohort (``--n-images`` images of ``--preset``, ``--epochs``), printed as a table with
 the held-out synthetic Dice beside.
 
-``--corpus MANIFEST``: an unlabelled real corpus (a manifest CSV, :func:`cxrlib.manifest.load_manifest`);
-prints the segmentation QC's flag rate per source, without and with adaptation to the corpus.
+``--corpus MANIFEST``: an unlabelled real corpus (a manifest CSV,
+:func:`cxrlib.manifest.load_manifest`); prints the segmentation QC's flag rate per source, without
+and with adaptation to the corpus.
 
     python benchmarks/sim2real_segmentation.py --real ../shared/real_sample
     python benchmarks/sim2real_segmentation.py --real DIR --weights reports/.../unet_lung.pt
@@ -57,7 +58,8 @@ from cxrlib.synthetic_unet import real_pairs, synthetic_unet
 def _model(args):
     """(model, size, description) of ``--weights`` or of the profile's synthetic U-Net."""
     if args.weights:
-        return load_unet(args.weights), int(read_unet_params(args.weights)["size"]), str(args.weights)
+        return (load_unet(args.weights), int(read_unet_params(args.weights)["size"]),
+                str(args.weights))
     net = synthetic_unet(args.profile, seed=args.seed, progress=not args.quiet)
     p = net.provenance
     return net.model, net.size, (f"synthetic U-Net {net.weights_path.name} (held-out synthetic "
@@ -111,9 +113,9 @@ def ablation_mode(args) -> None:
     prof = get_profile(args.profile)
     work = args.work
     cohort_dir = work / f"cohort_{args.preset}_{args.n_images}_{prof.synth_size}_s{args.seed}"
-    manifest = load_manifest(generate_cohort(cohort_dir, preset=args.preset, n_images=args.n_images,
-                                             size=prof.synth_size, seed=args.seed,
-                                             progress=not args.quiet))
+    generate_cohort(cohort_dir, preset=args.preset, n_images=args.n_images, size=prof.synth_size,
+                    seed=args.seed, progress=not args.quiet)
+    manifest = load_manifest(cohort_dir / "manifest.csv")
     base = tuple(prof.seg_domain_randomisation)
     variants = [("profile's changes", base), ("none", ())]
     variants += [(f"without {name}", tuple(c for c in base if c != name)) for name in base]

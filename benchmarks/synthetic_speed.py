@@ -34,7 +34,8 @@ def _clock(fn) -> tuple[float, float]:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=256, help="long side of the images, px")
     ap.add_argument("--n", type=int, default=200, help="images per measurement")
     ap.add_argument("--preset", default="arias")
@@ -48,7 +49,8 @@ def main(argv=None) -> None:
         cpu_w, wall_w = _clock(lambda: generate_cohort(
             tmp, preset=args.preset, n_images=args.n, size=args.size, seed=args.seed,
             progress=False))
-    print(f"synthetic generator, preset {args.preset}, {args.n} images at {args.size} px, one process")
+    print(f"synthetic generator, preset {args.preset}, {args.n} images at {args.size} px, "
+          "one process")
     print(f"{'stage':12s} {'img/s per core (CPU)':>22s} {'img/s wall':>12s} {'ms/img (CPU)':>14s}")
     for name, c, w in (("render", cpu, wall), ("full write", cpu_w, wall_w)):
         print(f"{name:12s} {args.n / c:22.1f} {args.n / w:12.1f} {1000 * c / args.n:14.1f}")

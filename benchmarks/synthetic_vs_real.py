@@ -15,7 +15,10 @@ nearest neighbour). Printed side by side (mean +- sd over images unless stated):
 - lung fraction of the image, lung bounding box (centre, width, height as image fractions);
 - mean grey level inside and outside the lungs, and their difference;
 - gradient magnitude (Sobel, grey levels per pixel at 256 px): quantiles over all pixels, and
-  the mean inside the lungs and along the lung border.
+  the mean inside the lungs and along the lung border;
+- the heart silhouette and the abdomen under the lungs, located from the lung mask
+  (:func:`_heart_and_abdomen`): heart minus lung grey, the step across the left heart border, and
+  the darkest grey under the lungs (gas) against the lungs.
 """
 from __future__ import annotations
 
@@ -41,8 +44,10 @@ def _resize(arr: np.ndarray, nearest: bool = False) -> np.ndarray:
     scale = LONG_SIDE / max(h, w)
     size = (max(int(round(w * scale)), 1), max(int(round(h * scale)), 1))
     if nearest:
-        return np.asarray(Image.fromarray(arr.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
-    return np.asarray(Image.fromarray(arr.astype(np.float32), mode="F").resize(size, Image.BILINEAR))
+        return np.asarray(Image.fromarray(arr.astype(np.uint8) * 255)
+                          .resize(size, Image.NEAREST)) > 127
+    return np.asarray(Image.fromarray(arr.astype(np.float32), mode="F")
+                      .resize(size, Image.BILINEAR))
 
 
 def image_statistics(image: np.ndarray, lung: np.ndarray) -> dict:
@@ -68,9 +73,44 @@ def image_statistics(image: np.ndarray, lung: np.ndarray) -> dict:
         stats["grey in - outside"] = stats["grey in lungs"] - stats["grey outside lungs"]
         stats["grad in lungs"] = grad[lung].mean()
         stats["grad on lung border"] = grad[border].mean()
+        stats.update(_heart_and_abdomen(image, lung, rr, cc))
     for p in (50, 90, 99):
         stats[f"grad q{p}"] = np.percentile(grad, p)
     return stats
+
+
+def _heart_and_abdomen(image, lung, rr, cc) -> dict:
+    """The heart silhouette and the abdomen under the lungs, located from the lung mask alone:
+
+    - ``heart - lungs (grey)``: mean grey between the two lungs in the lower half of the lung
+      rows (the heart and mediastinum) minus the mean grey in the lungs;
+    - ``heart border step (grey)``: mean grey 2-4 px medial minus 2-4 px lateral of the image-right
+      lung's medial border in the same rows (how sharp the left heart border is);
+    - ``below lungs q5 - lungs (grey)``: 5th grey percentile of the band under the lungs (a
+      tenth of the lung height: bowel and stomach gas) minus the mean grey in the lungs.
+    """
+    out = {}
+    top, bottom = rr.min(), rr.max()
+    mid_rows = np.arange((top + bottom) // 2, bottom + 1)
+    centre = (cc.min() + cc.max()) // 2
+    between, steps = [], []
+    for r in mid_rows:
+        left = np.flatnonzero(lung[r, :centre])
+        right = np.flatnonzero(lung[r, centre:]) + centre
+        if left.size and right.size and right.min() - left.max() > 8:
+            between.append(image[r, left.max() + 1:right.min()].mean())
+            b = right.min()
+            if b + 5 <= image.shape[1]:
+                steps.append(image[r, b - 4:b - 1].mean() - image[r, b + 2:b + 5].mean())
+    lungs = image[lung].mean()
+    if between:
+        out["heart - lungs (grey)"] = float(np.mean(between)) - lungs
+        if steps:
+            out["heart border step (grey)"] = float(np.mean(steps))
+    band = image[bottom + 1:min(image.shape[0], bottom + 1 + max((bottom - top) // 10, 2))]
+    if band.size:
+        out["below lungs q5 - lungs (grey)"] = float(np.percentile(band, 5)) - lungs
+    return out
 
 
 def folder_pairs(real_dir: Path) -> list[tuple[Path, Path]]:
@@ -107,7 +147,8 @@ def collect(pairs) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--real", required=True, type=Path, help="folder with images/ and masks/")
     ap.add_argument("--synthetic", default="arias", help="manifest CSV or preset name")
     ap.add_argument("--n", type=int, default=48, help="images to generate for a preset")
@@ -132,8 +173,8 @@ def main(argv=None) -> None:
     print(f"real: {args.real} ({len(real['lung fraction'])} images)   synthetic: {label} "
           f"({len(synth['lung fraction'])} images)")
     print(f"{'statistic':24s} {'real mean ± sd':>18s} {'synthetic mean ± sd':>22s}")
-    for key in real:
-        r, s = np.array(real[key]), np.array(synth.get(key, [np.nan]))
+    for key in dict.fromkeys([*real, *synth]):
+        r, s = np.array(real.get(key, [np.nan])), np.array(synth.get(key, [np.nan]))
         print(f"{key:24s} {r.mean():9.3f} ± {r.std():6.3f} {s.mean():13.3f} ± {s.std():6.3f}")
 
 

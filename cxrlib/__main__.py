@@ -1,4 +1,4 @@
-"""Command line: ``python -m cxrlib run|synth|import|corpus ...`` (``--help`` on each)."""
+"""Command line: ``python -m cxrlib run|compare|synth|import|corpus ...`` (``--help`` on each)."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,18 @@ def _run(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from cxrlib.compare import compare_runs, format_comparison
+
+    try:
+        result = compare_runs(args.run_a, args.run_b)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_comparison(result, args.run_a, args.run_b))
+    return 0
+
+
 def _synth(args) -> int:
     from cxrlib.synthetic import generate_cohort
 
@@ -47,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     from cxrlib.profiles import PROFILES
 
     run.add_argument("--profile", default="default", choices=sorted(PROFILES))
-    run.add_argument("--manifest", help="manifest CSV of a real corpus (default: synthetic cohorts)")
+    run.add_argument("--manifest",
+                     help="manifest CSV of a real corpus (default: synthetic cohorts)")
     run.add_argument("--out", help="run folder (default reports/<profile>-<date>); a folder that "
                      "holds a run with other settings, or another manifest for a cohort of this "
                      "run, is refused (see --fresh)")
@@ -55,10 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start the run folder afresh: its earlier content is moved, not "
                           "deleted, to <out>.replaced-<date-time> beside it")
     run.add_argument("--only", help="comma-separated notebook numbers, e.g. 00,03")
-    run.add_argument("--cohorts", help="synthetic cohorts to run, in this order, e.g. arias (default: "
-                     "arias-noshortcut,arias,covidgr)")
+    run.add_argument("--cohorts", help="synthetic cohorts to run, in this order, e.g. arias "
+                     "(default: arias-noshortcut,arias,covidgr)")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--kernel", default="cxr-study", help="Jupyter kernel name (default cxr-study)")
+    run.add_argument("--kernel", default="cxr-study",
+                     help="Jupyter kernel name (default cxr-study)")
     run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                      help="a notebook parameter (value parsed as YAML), passed to every notebook "
                           "that declares it; profile.FIELD=VALUE overrides a profile field; "
@@ -67,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="parameters as a YAML mapping (NAME: VALUE; profile fields under "
                           "'profile:'); -p options given too take precedence")
     run.set_defaults(func=_run)
+
+    compare = sub.add_parser("compare", help="explain the differences between two run folders: "
+                             "provenance (settings, parameters, profile fields, commit, "
+                             "packages) and tables, with the largest numeric difference")
+    compare.add_argument("run_a", help="a run folder (with run.json)")
+    compare.add_argument("run_b", help="another run folder")
+    compare.set_defaults(func=_compare)
 
     synth = sub.add_parser("synth", help="generate a synthetic cohort")
     synth.add_argument("out", help="output folder")

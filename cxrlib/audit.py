@@ -38,7 +38,8 @@ def cohort_by_class_source(manifest: pd.DataFrame) -> pd.DataFrame:
     Returns a DataFrame with columns ``source``, one per class present, ``total``, ``patients``.
     """
     classes = _labels_in(manifest)
-    counts = pd.crosstab(manifest["source"], manifest["label"]).reindex(columns=classes, fill_value=0)
+    counts = pd.crosstab(manifest["source"], manifest["label"]).reindex(columns=classes,
+                                                                        fill_value=0)
     counts["total"] = counts.sum(axis=1)
     counts["patients"] = manifest.groupby("source")["patient_id"].nunique()
     total = counts.sum(axis=0)
@@ -224,7 +225,8 @@ def composition_vs_paper(ours: pd.DataFrame) -> pd.DataFrame:
                 continue
             denom_p = paper.at[cls, "images"] if col != "images" else paper["images"].sum()
             o_val = np.nan if o is None else o[col]
-            denom_o = (np.nan if o is None else o["images"]) if col != "images" else ours["images"].sum()
+            denom_o = ((np.nan if o is None else o["images"]) if col != "images"
+                       else ours["images"].sum())
             rows.append({
                 "class": cls, "quantity": col,
                 "paper_n": int(p_val), "paper_pct": 100 * p_val / denom_p,
@@ -242,8 +244,8 @@ def image_properties(
     """Size, bit depth and intensity statistics of a sample of images per source.
 
     Returns one row per sampled image: ``image_id``, ``source``, ``label``, ``height``, ``width``
-    (pixels), ``bit_depth`` (8 | 16), ``mean``, ``sd``, ``p01``, ``p50``, ``p99`` (intensity in [0, 1]),
-    and ``lung_fraction`` (share of the image inside the lung mask, NaN without a mask).
+    (pixels), ``bit_depth`` (8 | 16), ``mean``, ``sd``, ``p01``, ``p50``, ``p99`` (intensity in
+    [0, 1]), and ``lung_fraction`` (share of the image inside the lung mask, NaN without a mask).
     """
     root = Path(data_root)
     sample = sample_per_source(manifest, max_per_source, seed)
@@ -283,7 +285,8 @@ def image_properties_by_source(props: pd.DataFrame) -> pd.DataFrame:
 
 
 def intensity_histograms(
-    manifest: pd.DataFrame, data_root: str | Path, per_source: int = 8, bins: int = 64, seed: int = 0
+    manifest: pd.DataFrame, data_root: str | Path, per_source: int = 8, bins: int = 64,
+    seed: int = 0,
 ):
     """Figure: mean intensity histogram per source (density over [0, 1]) of a few images each."""
     import seaborn as sns

@@ -342,7 +342,8 @@ def fold_purity(
             if chance >= 1:  # one group per stratum (e.g. one source per class): nothing to measure
                 continue
             rows.append({"split": split, "factor": factor, "within": within or "", "k": int(k),
-                         "pca_dims": x.shape[1], "n_images": int(known.sum()), "n_groups": len(set(groups)),
+                         "pca_dims": x.shape[1], "n_images": int(known.sum()),
+                         "n_groups": len(set(groups)),
                          "purity": purity, "chance": chance,
                          "above_chance": (purity - chance) / (1 - chance)})
     return pd.DataFrame(rows)
@@ -417,7 +418,8 @@ def purity_reading(summary: pd.DataFrame, split: str = "test") -> str:
         if label.empty:
             raise ValueError(f"no class purity row for {key} on split {split!r}")
         others = rows[rows["factor"] != "label"]
-        text = f"{key[0]} ({key[1]}, {key[2]}): " + ", ".join(_describe(r) for _, r in rows.iterrows())
+        text = f"{key[0]} ({key[1]}, {key[2]}): " + ", ".join(_describe(r)
+                                                                for _, r in rows.iterrows())
         if not others.empty:
             top = others.loc[others["above_chance_mean"].idxmax()]
             gap = top["above_chance_mean"] - label["above_chance_mean"].iloc[0]
@@ -428,7 +430,8 @@ def purity_reading(summary: pd.DataFrame, split: str = "test") -> str:
         clauses.append(text)
     return (f"On the {split} images (purity vs chance, and in brackets the share of the way from "
             f"chance to pure, k = {int(part['k'].iloc[0])} neighbours in the PCA space of "
-            f"{int(part['pca_dims'].max())} dimensions, mean over {int(part['n_runs'].max())} fold(s)): " + "; ".join(clauses) + ".")
+            f"{int(part['pca_dims'].max())} dimensions, mean over "
+            f"{int(part['n_runs'].max())} fold(s)): " + "; ".join(clauses) + ".")
 
 
 # --------------------------------------------------------------------------------------------

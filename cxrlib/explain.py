@@ -663,7 +663,8 @@ def compare_cohorts(scores_x: pd.DataFrame, scores_y: pd.DataFrame, a: str = "ex
 
 #: Columns of notebook 06's ``cam_scores.csv`` that must agree before two cohorts' maps are
 #: compared: how the maps were made and scored. (That the two runs share profile, seed and preset
-#: and that the knobs differ is checked on the runs' stamps, :func:`cxrlib.study.shortcut_twin_run`.)
+#: and that the knobs differ is checked on the runs' stamps,
+#: :func:`cxrlib.study.shortcut_twin_run`.)
 SCORING_SETTINGS = ("cam_target", "lung_dilation")
 
 

@@ -124,7 +124,8 @@ def _check_paths_inside(out: pd.DataFrame, origin: str) -> None:
 
 def _typed_extra(series: pd.Series) -> pd.Series:
     """An extra (``synth_``/``qc_``) column read from CSV as text, typed back: all-boolean text
-    becomes bool, all-numeric text becomes numbers; anything else stays text. Empty stays missing."""
+    becomes bool, all-numeric text becomes numbers; anything else stays text. Empty stays
+    missing."""
     if series.dtype != object and not pd.api.types.is_string_dtype(series):
         return series
     blank = _empty(series)

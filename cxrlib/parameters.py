@@ -4,7 +4,8 @@ A notebook declares its parameters in the cell tagged ``parameters``; papermill'
 them (name, default, inferred type). A parameter given to the runner goes to every notebook that
 declares it, and a name no notebook declares is an error that lists the valid names per notebook::
 
-    python -m cxrlib run --manifest corpus.csv -p unet_weights=/data/unet.pt -p min_lung_fraction=0.25
+    python -m cxrlib run --manifest corpus.csv -p unet_weights=/data/unet.pt \\
+        -p min_lung_fraction=0.25
     python -m cxrlib run -p profile.cls_folds=5 --params my_run.yaml
 
 Values are YAML scalars (``0.25`` a float, ``true`` a bool, ``[0.0, 0.1]`` a list, ``abc`` a
@@ -206,5 +207,6 @@ def resolve_parameters(given: dict, notebooks: list[Path]) -> RunParameters:
                             for name, value in rest.items() if name in params}
         if "profile_overrides" in params:
             per_notebook[nb]["profile_overrides"] = json.loads(json.dumps(checked))
-    as_json = json.loads(json.dumps(checked))  # tuples as lists, as papermill and run.json take them
+    # tuples as lists, as papermill and run.json take them
+    as_json = json.loads(json.dumps(checked))
     return RunParameters(given=dict(given), profile_overrides=as_json, per_notebook=per_notebook)

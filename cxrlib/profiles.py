@@ -70,6 +70,10 @@ class Profile:
     cit_width : channel multiplier of notebook 02's class-inherent-transformation generators and
         of its randomly initialised perceptual VGG16 (1.0: the paper's 64 maps and VGG16, which
         alone can load ImageNet weights).
+    cell_timeout_s : longest time one notebook cell may run, in seconds (papermill's execution
+        timeout; 0: no limit). A cell that runs longer, or whose kernel dies, fails its notebook
+        with a message naming the cell and this limit (:func:`cxrlib.runner.execute_notebook`).
+        ``smoke`` 600, ``default`` 3600, ``paper`` 86400 (a day: the papers' trainings on a GPU).
     """
 
     name: str
@@ -104,6 +108,7 @@ class Profile:
     cam_road_images: int
     cit_width: float
     cam_road_percentiles: tuple[int, ...]
+    cell_timeout_s: int
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -113,8 +118,9 @@ class Profile:
         return replace(self, **changes)
 
 
-#: The changes of :mod:`cxrlib.domain_randomisation` the U-Net trains with: all but ``opacity``
-#: (real-sample Dice 0.836 with it, 0.859 without, one training each at ``default``).
+#: The changes of :mod:`cxrlib.domain_randomisation` the U-Net trains with: all but ``opacity``,
+#: whose effect on the real-sample Dice was inconclusive (-0.023 in one ``default`` training,
+#: +0.017 in the reduced-scale ablation of ``benchmarks/sim2real_segmentation.py``).
 _DOMAIN_RANDOMISATION = ("gamma", "window", "clahe", "blur", "sharpen", "noise", "zoom_out", "crop",
                          "rotation")
 
@@ -130,6 +136,7 @@ PROFILES: dict[str, Profile] = {
         cls_extra_seeds=True,
         cam_max_images=24, cam_road_images=3,
         cit_width=0.125, cam_road_percentiles=(25, 50, 75),
+        cell_timeout_s=600,
     ),
     "default": Profile(
         name="default", n_arias=1200, n_covidgr=400, synth_size=256, image_size=128, seg_size=128,
@@ -142,6 +149,7 @@ PROFILES: dict[str, Profile] = {
         cls_extra_seeds=False,
         cam_max_images=150, cam_road_images=8,
         cit_width=0.125, cam_road_percentiles=(25, 50, 75),
+        cell_timeout_s=3600,
     ),
     "paper": Profile(
         name="paper", n_arias=8000, n_covidgr=852, synth_size=1024, image_size=224, seg_size=256,
@@ -154,6 +162,7 @@ PROFILES: dict[str, Profile] = {
         cls_extra_seeds=True,
         cam_max_images=600, cam_road_images=100,
         cit_width=1.0, cam_road_percentiles=(10, 20, 30, 40, 50, 60, 70, 80, 90),
+        cell_timeout_s=86400,
     ),
 }
 
@@ -167,7 +176,8 @@ def get_profile(name: str | Profile, overrides: dict | None = None) -> Profile:
         try:
             prof = PROFILES[name]
         except KeyError:
-            raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}") from None
+            raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}"
+                             ) from None
     return prof.with_overrides(**check_overrides(overrides)) if overrides else prof
 
 
@@ -213,6 +223,7 @@ def check_overrides(overrides: dict) -> dict:
             name = getattr(expected, "__name__", str(expected))
             if name == "tuple":
                 name = f"a list of {typing.get_args(expected)[0].__name__}"
-            raise ValueError(f"profile.{key} must be {name}, got {value!r} ({type(value).__name__})")
+            raise ValueError(f"profile.{key} must be {name}, got {value!r} "
+                             f"({type(value).__name__})")
         out[key] = value
     return out

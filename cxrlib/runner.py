@@ -1,6 +1,7 @@
 """Run the study: execute the notebooks in order with papermill and render them to HTML.
 
-``python -m cxrlib run --profile default`` runs every notebook on each cohort of the run and writes::
+``python -m cxrlib run --profile default`` runs every notebook on each cohort of the run and
+writes::
 
     reports/<profile>-<date>/
         index.html            links to every report, run parameters, versions, durations
@@ -42,9 +43,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from cxrlib.checklist import reviewer_reports_html
 from cxrlib.parameters import resolve_parameters
 from cxrlib.paths import NOTEBOOKS_DIR, REPO_ROOT, REPORTS_DIR
 from cxrlib.profiles import get_profile
+from cxrlib.provenance import collect_provenance
 from cxrlib.run_folder import (
     STALE_DIR,
     RunFolder,
@@ -86,6 +89,8 @@ class NotebookResult:
     ipynb: str | None = None
     html: str | None = None
     error: str | None = None
+    started: str | None = None
+    finished: str | None = None
 
 
 @dataclass
@@ -106,6 +111,10 @@ class RunRecord:
     notebook_parameters: dict = field(default_factory=dict)
     settings_hash: str | None = None
     manifest_hashes: dict = field(default_factory=dict)
+    #: the resolved profile as the notebooks used it (:meth:`Profile.as_dict` with overrides)
+    profile_fields: dict = field(default_factory=dict)
+    #: git, manifests, system and packages (:func:`cxrlib.provenance.collect_provenance`)
+    provenance: dict = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "RunRecord":
@@ -115,7 +124,8 @@ class RunRecord:
         return cls(**data)
 
 
-def list_notebooks(only: list[str] | None = None, notebooks_dir: Path = NOTEBOOKS_DIR) -> list[Path]:
+def list_notebooks(only: list[str] | None = None, notebooks_dir: Path = NOTEBOOKS_DIR
+                   ) -> list[Path]:
     """The study's notebooks (``NN_name.ipynb``) in order, optionally only those whose number
     prefix is in ``only`` (e.g. ``["00", "03"]``)."""
     found = sorted(p for p in Path(notebooks_dir).glob("[0-9][0-9]_*.ipynb"))
@@ -149,7 +159,8 @@ def check_kernel(kernel_name: str) -> None:
     except NoSuchKernel:
         raise RuntimeError(
             f"Jupyter kernel '{kernel_name}' is not installed. Run `make setup`, or register it "
-            f"with `{sys.executable} -m ipykernel install --prefix {sys.prefix} --name {kernel_name}`"
+            f"with `{sys.executable} -m ipykernel install --prefix {sys.prefix} "
+            f"--name {kernel_name}`"
         ) from None
 
 
@@ -207,6 +218,45 @@ def _failed_cell(ipynb: Path) -> tuple[int | None, str]:
     return None, "unknown error"
 
 
+def _last_started_cell(ipynb: Path) -> int | None:
+    """The last cell papermill started in ``ipynb`` (the one running when execution stopped)."""
+    import nbformat
+
+    nb = nbformat.read(ipynb, as_version=4)
+    started = [i for i, cell in enumerate(nb.cells)
+               if cell.get("metadata", {}).get("papermill", {}).get("start_time")]
+    return started[-1] if started else None
+
+
+def _stopped_error(exc: BaseException, cell_timeout_s: int) -> str | None:
+    """The message for a cell that ran past the limit or whose kernel died; None for another
+    exception."""
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    limit = (f"the cell time limit is {cell_timeout_s} s (profile field cell_timeout_s; "
+             f"-p profile.cell_timeout_s=SECONDS changes it, 0: no limit)" if cell_timeout_s
+             else "no cell time limit was set (profile field cell_timeout_s = 0)")
+    if isinstance(exc, CellTimeoutError):
+        return (f"CellTimeout: the cell ran past the cell time limit of {cell_timeout_s} s and "
+                f"was stopped (profile field cell_timeout_s; -p profile.cell_timeout_s=SECONDS "
+                f"changes it, 0: no limit)")
+    if isinstance(exc, DeadKernelError):
+        return f"DeadKernel: the kernel died while running the cell ({exc}); {limit}"
+    return None
+
+
+def _mark_stopped_cell(ipynb: Path, cell: int, message: str) -> None:
+    """Add ``message`` as an error output of cell ``cell`` of the executed notebook, so that its
+    rendering shows where and why it stopped."""
+    import nbformat
+
+    nb = nbformat.read(ipynb, as_version=4)
+    ename, _, evalue = message.partition(": ")
+    nb.cells[cell].setdefault("outputs", []).append(nbformat.v4.new_output(
+        "error", ename=ename, evalue=evalue, traceback=[message]))
+    nbformat.write(nb, ipynb)
+
+
 def execute_notebook(
     notebook: Path,
     out_dir: Path,
@@ -215,11 +265,15 @@ def execute_notebook(
     kernel_name: str = KERNEL_NAME,
     html: bool = True,
     log_output: bool = False,
+    cell_timeout_s: int = 0,
 ) -> NotebookResult:
     """Execute one notebook with papermill into ``out_dir`` and render its HTML.
 
-    Raises :class:`NotebookFailed` naming the notebook and cell when a cell raises; the partly
-    executed notebook (with the traceback) and its HTML are still written.
+    ``cell_timeout_s`` (the profile's, :attr:`cxrlib.profiles.Profile.cell_timeout_s`; 0: none)
+    is the longest one cell may run. Raises :class:`NotebookFailed` naming the notebook and cell
+    when a cell raises, runs past that limit (the message names the limit) or its kernel dies;
+    the partly executed notebook (with the traceback, or the limit as the cell's error output)
+    and its HTML are still written.
     """
     import papermill as pm
 
@@ -231,6 +285,7 @@ def execute_notebook(
         pm.execute_notebook(
             str(notebook), str(out_nb), parameters=parameters, kernel_name=kernel_name,
             language="python", cwd=str(out_dir), progress_bar=False, log_output=log_output,
+            execution_timeout=cell_timeout_s if cell_timeout_s and cell_timeout_s > 0 else None,
         )
     except pm.PapermillExecutionError as exc:
         if html:
@@ -239,7 +294,15 @@ def execute_notebook(
         raise NotebookFailed(notebook.name, cohort, exc.cell_index,
                              f"{exc.ename}: {exc.evalue} (execution count {exc.exec_count}, "
                              f"code starting `{first_line[:80]}`)", out_nb) from None
-    except Exception as exc:  # kernel died, bad parameters...
+    except Exception as exc:  # cell time limit, kernel died, bad parameters...
+        stopped = _stopped_error(exc, cell_timeout_s)
+        if stopped is not None:
+            cell = _last_started_cell(out_nb) if out_nb.exists() else None
+            if cell is not None:
+                _mark_stopped_cell(out_nb, cell, stopped)
+            if html and out_nb.exists():
+                render_html(out_nb, out_html, with_code=True)
+            raise NotebookFailed(notebook.name, cohort, cell, stopped, out_nb) from None
         cell, err = _failed_cell(out_nb) if out_nb.exists() else (None, repr(exc))
         raise NotebookFailed(notebook.name, cohort, cell, f"{err} ({exc!r})", out_nb) from None
     seconds = time.perf_counter() - t0
@@ -301,7 +364,8 @@ def _rebuild_flow(cohort_dir: Path, moved: list[str]) -> list[str]:
 
 
 def run_notebook(nb: Path, cohort: str, out: Path, params: dict, claim: dict, record: RunRecord,
-                 kernel_name: str = KERNEL_NAME, html: bool = True) -> NotebookResult:
+                 kernel_name: str = KERNEL_NAME, html: bool = True, cell_timeout_s: int = 0
+                 ) -> NotebookResult:
     """Execute one notebook into ``out/<cohort>`` and record it in ``record`` and in the run
     folder's claim (``study.json``: status, start, the output files it wrote).
 
@@ -315,11 +379,13 @@ def run_notebook(nb: Path, cohort: str, out: Path, params: dict, claim: dict, re
     entries = claim["cohorts"][cohort]["notebooks"]
     before, started = output_files(cohort_dir), _now()
     try:
-        res = execute_notebook(nb, cohort_dir, params, cohort, kernel_name, html)
+        res = execute_notebook(nb, cohort_dir, params, cohort, kernel_name, html,
+                               cell_timeout_s=cell_timeout_s)
     except (NotebookFailed, KeyboardInterrupt) as exc:
         error = str(exc).splitlines()[0] if isinstance(exc, NotebookFailed) else "interrupted"
         res = NotebookResult(nb.name, cohort, "failed", ipynb=nb.name,
-                             html=nb.stem + ".html" if html else None, error=error)
+                             html=nb.stem + ".html" if html else None, error=error,
+                             started=started, finished=_now())
         own, shared = failed_outputs(entries, nb.name, changed_outputs(cohort_dir, before))
         moved = set_aside_outputs(cohort_dir, nb.stem, own)
         rebuilt = _rebuild_flow(cohort_dir, moved)
@@ -328,8 +394,8 @@ def run_notebook(nb: Path, cohort: str, out: Path, params: dict, claim: dict, re
         record.results.append(res)
         write_run_claim(out, claim)
         raise
-    entries[nb.name] = {**asdict(res), "started": started,
-                        "outputs": changed_outputs(cohort_dir, before)}
+    res.started, res.finished = started, _now()
+    entries[nb.name] = {**asdict(res), "outputs": changed_outputs(cohort_dir, before)}
     record.results.append(res)
     write_run_claim(out, claim)
     return res
@@ -381,7 +447,8 @@ def run_study(
         log(f"--fresh: the earlier content of {out} was moved to {aside}")
     settings = run_settings(prof.name, resolved.profile_overrides, seed, resolved.given)
     claim = check_run_settings(out, settings)  # before any cohort is generated
-    claim_cohorts(claim, out, _cohort_manifests(names, manifest, prof, seed, log))
+    cohort_manifests = _cohort_manifests(names, manifest, prof, seed, log)
+    claim_cohorts(claim, out, cohort_manifests)
     out.mkdir(parents=True, exist_ok=True)
     write_run_claim(out, claim)
     record = RunRecord(profile=prof.name, out_dir=str(out), seed=seed, manifest=manifest,
@@ -393,16 +460,20 @@ def run_study(
                                             for nb, p in resolved.per_notebook.items()
                                             if set(p) - {"profile_overrides"}},
                        settings_hash=claim["settings_hash"],
-                       manifest_hashes={n: claim["cohorts"][n]["manifest_hash"] for n in names})
+                       manifest_hashes={n: claim["cohorts"][n]["manifest_hash"] for n in names},
+                       profile_fields=prof.as_dict(),
+                       provenance=collect_provenance(cohort_manifests))
     t_run = time.perf_counter()
     try:
         for name in names:
             for nb in notebooks:
                 applies_to = notebook_cohorts(nb)
                 if applies_to is not None and not manifest and name not in applies_to:
-                    record.results.append(NotebookResult(nb.name, name, "skipped"))
+                    now = _now()
+                    record.results.append(NotebookResult(nb.name, name, "skipped", started=now,
+                                                         finished=now))
                     claim["cohorts"][name]["notebooks"][nb.name] = {
-                        **asdict(record.results[-1]), "started": _now(), "outputs": []}
+                        **asdict(record.results[-1]), "outputs": []}
                     log(f"[{name}] {nb.stem}: not for this cohort, skipped")
                     continue
                 log(f"[{name}] {nb.stem}: running")
@@ -410,7 +481,8 @@ def run_study(
                           "run_dir": str(out / name), "seed": seed, "interactive": False,
                           **resolved.per_notebook.get(nb.name, {})}
                 try:
-                    res = run_notebook(nb, name, out, params, claim, record, kernel_name, html)
+                    res = run_notebook(nb, name, out, params, claim, record, kernel_name, html,
+                                       cell_timeout_s=prof.cell_timeout_s)
                 except (NotebookFailed, KeyboardInterrupt):
                     record.status = "failed"
                     log(f"[{name}] {nb.stem}: FAILED (its outputs moved to "
@@ -493,17 +565,53 @@ def _report_row(r: dict, esc=html.escape) -> str:
             f"<td>{link}</td><td>{nb}</td></tr>")
 
 
+def _provenance_html(prov: dict, esc=html.escape) -> str:
+    """The index's provenance section: commit, manifests and their hashes, machine, packages
+    (:func:`cxrlib.provenance.collect_provenance`; empty for a record without any)."""
+    if not prov:
+        return ""
+    git = prov.get("git") or {}
+    commit = (f"<code>{esc(git['commit'])}</code>"
+              + (" <b>with uncommitted changes (dirty)</b>" if git.get("dirty") else " (clean)")
+              if git.get("commit") else esc(git.get("error") or "unknown"))
+    rows = "".join(
+        f"<tr><td>{esc(name)}</td><td><code>{esc(str(m.get('path')))}</code><br>"
+        f"<small>sha256 {esc(str(m.get('sha256')))}</small></td><td>"
+        + (f"<code>{esc(str(m['sidecar']))}</code><br><small>sha256 "
+           f"{esc(str(m.get('sidecar_sha256')))}</small>" if m.get("sidecar") else "none")
+        + f"</td><td>{m.get('images', '')}</td><td><small>"
+        + esc(", ".join(f"{k}: {v}" for k, v in (m.get("images_per_source") or {}).items()))
+        + "</small></td></tr>" for name, m in (prov.get("manifests") or {}).items())
+    system = prov.get("system") or {}
+    gpus = "; ".join(f"{g.get('name')} (driver {g.get('driver') or 'unknown'}, CUDA "
+                     f"{g.get('cuda')})" for g in system.get("gpus") or []) or "none"
+    packages = prov.get("packages") or []
+    return (
+        "<h2>Provenance</h2>"
+        f"<p>Code: git commit {commit}.</p>"
+        + ("<table><tr><th>cohort</th><th>manifest</th><th>sidecar</th><th>images</th>"
+           "<th>images per source</th></tr>" + rows + "</table>" if rows else "")
+        + "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in (
+            ("Python", f"{system.get('python')} ({system.get('python_implementation')})"),
+            ("OS", system.get("os")), ("CPU", f"{system.get('cpu')} "
+                                              f"({system.get('cpu_count')} logical cores)"),
+            ("GPU", gpus)) if system) + "</table>"
+        + (f"<details><summary>{len(packages)} installed packages</summary><p><small>"
+           + esc(", ".join(packages)) + "</small></p></details>" if packages else ""))
+
+
 def write_index(record: RunRecord, out: Path) -> Path:
     """Write ``run.json`` (this run) and ``index.html`` (every cohort of the folder, each
     notebook's last state from ``study.json``; this run's results when there is none)."""
     (out / "run.json").write_text(json.dumps(asdict(record), indent=2))
     claim = read_run_claim(out) or {"cohorts": {}}
-    states = notebook_states(claim) or [{**asdict(r), "started": record.started}
+    states = notebook_states(claim) or [{**asdict(r), "started": r.started or record.started}
                                         for r in record.results]
     cohorts = list(claim["cohorts"]) or record.cohorts
     stale = {(r["cohort"], f) for r in states for f in r.get("stale") or []}
     esc = html.escape
     prof = get_profile(record.profile, record.profile_overrides)
+    reviewer = reviewer_reports_html(out, prof.bootstrap, record.seed)  # checklist, model cards
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>cxr-study: {esc(record.profile)} run</title>",
@@ -515,15 +623,16 @@ def write_index(record: RunRecord, out: Path) -> Path:
         "code{background:#f6f6f6;padding:0 .2em}</style></head><body>",
         "<h1>cxr-study: reproduced tables and figures</h1>",
         f"<p>Profile <b>{esc(record.profile)}</b>, seed {record.seed}, "
-        f"{'manifest <code>' + esc(record.manifest) + '</code>' if record.manifest else 'synthetic cohorts'}"
-        f"; last run started {esc(record.started)}, {record.seconds or 0:.0f} s in all; status "
+        + (f"manifest <code>{esc(record.manifest)}</code>" if record.manifest
+           else "synthetic cohorts")
+        + f"; last run started {esc(record.started)}, {record.seconds or 0:.0f} s in all; status "
         f"<span class='{esc(record.status)}'>{esc(record.status)}</span>.</p>",
         "<h2>Reports</h2><p>Every cohort of this run folder, each notebook's last run.</p>"
         "<table><tr><th>cohort</th><th>notebook</th><th>status</th><th>started</th>"
         "<th>seconds</th><th>report</th><th>notebook with code</th></tr>",
     ]
     parts += [_report_row(r) for r in states]
-    parts.append("</table>")
+    parts += ["</table>", reviewer]
     for name in cohorts:
         cdir = out / name
         tables = _rel_files(cdir / "tables", "*.csv")
@@ -540,7 +649,8 @@ def write_index(record: RunRecord, out: Path) -> Path:
                 for t in tables) + "</p>")
         if figures:
             parts.append("<p>Figures: " + ", ".join(
-                f"<a href='{esc(name)}/figures/{esc(f.name)}'>{esc(f.stem)}</a>" for f in figures) + "</p>")
+                f"<a href='{esc(name)}/figures/{esc(f.name)}'>{esc(f.stem)}</a>"
+                for f in figures) + "</p>")
     if record.parameters:
         parts.append("<h2>Parameters given</h2><table><tr><th>name</th><th>value</th>"
                      "<th>received by</th></tr>" + "".join(
@@ -556,7 +666,9 @@ def write_index(record: RunRecord, out: Path) -> Path:
         for k, v in prof.as_dict().items()) + "</table>")
     parts.append("<h2>Versions</h2><table>" + "".join(
         f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in record.versions.items())
-        + "</table></body></html>")
+        + "</table>")
+    parts.append(_provenance_html(record.provenance))
+    parts.append("</body></html>")
     path = out / "index.html"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

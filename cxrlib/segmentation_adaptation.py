@@ -74,7 +74,8 @@ def reestimate_batchnorm(model: UNet, images: np.ndarray, batch_size: int = 32) 
 
 
 def pseudo_masks(model: UNet, images: np.ndarray,
-                 min_lung_fraction: float = SELECTION_LUNG_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+                 min_lung_fraction: float = SELECTION_LUNG_FRACTION,
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Post-processed masks of prepared images and their plausibility.
 
     ``images``: float32 (N, S, S) prepared inputs. Returns ``masks`` bool (N, S, S) and
@@ -158,7 +159,8 @@ def adapt_unet(model: UNet, images: list[np.ndarray], size: int, epochs: int = 3
     report.loc[used, "plausibility_batchnorm"] = after_bn
     report.loc[used, "target"] = target & trained
     report.loc[used, "plausibility_after"] = after
-    params = {"n_images": n, "n_used": int(len(used)), "n_targets": int(target.sum()) if trained else 0,
+    params = {"n_images": n, "n_used": int(len(used)),
+              "n_targets": int(target.sum()) if trained else 0,
               "epochs": int(epochs) if trained else 0, "min_plausibility": float(min_plausibility),
               "lr": float(lr), "batch_norm_layers": _n_batchnorm(model),
               "domain_randomisation": list(domain_randomisation),

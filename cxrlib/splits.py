@@ -113,7 +113,8 @@ def fold_split(
     if val_fraction <= 0:
         return {"train": rest["image_id"].to_numpy(), "valid": np.array([], dtype=object),
                 "test": test["image_id"].to_numpy()}
-    gss = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed + 1000 * repetition + fold)
+    gss = GroupShuffleSplit(n_splits=1, test_size=val_fraction,
+                            random_state=seed + 1000 * repetition + fold)
     tr, va = next(gss.split(rest, groups=rest["group"]))
     return {
         "train": rest["image_id"].to_numpy()[tr],

@@ -3,10 +3,11 @@
 Every notebook starts with the same parameters cell (papermill injects the values)::
 
     profile = "smoke"      # smoke | default | paper
-    cohort = "arias"       # synthetic cohort used when `manifest` is empty: arias | arias-noshortcut
-                           # | covidgr
+    cohort = "arias"       # synthetic cohort used when `manifest` is empty: arias
+                           # | arias-noshortcut | covidgr
     manifest = ""          # manifest CSV of a real corpus (empty: the synthetic cohort)
-    run_dir = ""           # run folder of this cohort (empty: reports/interactive/<profile>/<cohort>)
+    run_dir = ""           # run folder of this cohort
+                           # (empty: reports/interactive/<profile>/<cohort>)
     seed = 0               # one seed for everything random
     interactive = False    # show the ipywidgets browsers
     profile_overrides = {} # profile fields changed for this run (-p profile.FIELD=VALUE)
@@ -205,16 +206,16 @@ def shortcut_twin_run(study: Study, twin_run_dir: str | Path = "") -> tuple[Path
                       f"cohort `{folder.name}` reports the comparison")
     stamp_path = folder / "artifacts" / STAMP_FILE
     if not stamp_path.is_file():
-        return None, (f"the twin `{folder.name}` has not been run in this run folder yet; run it first "
-                      "(`python -m cxrlib run --cohorts arias-noshortcut,arias`)")
+        return None, (f"the twin `{folder.name}` has not been run in this run folder yet; run it "
+                      "first (`python -m cxrlib run --cohorts arias-noshortcut,arias`)")
     twin, ours = json.loads(stamp_path.read_text()), study.stamp()
     for key in ("preset", "profile", "seed", "profile_overrides"):
         if twin.get(key, {} if key == "profile_overrides" else None) != ours[key]:
             return None, (f"the twin `{folder.name}` was run with {key} {twin.get(key)!r} and this "
                           f"cohort with {ours[key]!r}; rerun it with this run's settings")
     if twin.get("shortcut") is None or not twin["shortcut"] < study.shortcut:
-        return None, (f"the twin `{folder.name}` has shortcut knob {twin.get('shortcut')}, not below "
-                      f"this cohort's {study.shortcut:g}")
+        return None, (f"the twin `{folder.name}` has shortcut knob {twin.get('shortcut')}, not "
+                      f"below this cohort's {study.shortcut:g}")
     return folder, ""
 
 

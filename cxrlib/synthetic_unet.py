@@ -7,7 +7,8 @@ fields, the seed and the generator version, and reused by every later run with t
 
     net = synthetic_unet(profile, seed=0)
     net.model, net.size            # the U-Net and the input side it was trained at
-    net.provenance                 # what it was trained on, held-out synthetic Dice, real-sample Dice
+    net.provenance                 # what it was trained on, held-out synthetic Dice,
+                                   # real-sample Dice
 
 Its provenance says how far to trust it: the held-out synthetic Dice (patients it never saw) and,
 when the folder of real radiographs with radiologist masks is present (``$CXR_REAL_SAMPLE``, else
@@ -120,7 +121,8 @@ def cache_key(profile: str | Profile, seed: int = 0) -> str:
 def weights_path(profile: str | Profile, seed: int = 0) -> Path:
     """Where the synthetic U-Net of this profile and seed is cached."""
     prof = get_profile(profile)
-    return data_dir() / "cache" / "unet" / f"synthetic-{prof.name}-s{seed}-{cache_key(prof, seed)}.pt"
+    return (data_dir() / "cache" / "unet"
+            / f"synthetic-{prof.name}-s{seed}-{cache_key(prof, seed)}.pt")
 
 
 def _held_out_scores(model: UNet, manifest: pd.DataFrame, split: pd.DataFrame, size: int

@@ -53,7 +53,8 @@ def tiny_cohort(tmp_path):
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
-    """(RunRecord, run folder) of one smoke-profile run of the whole study on every synthetic cohort.
+    """(RunRecord, run folder) of one smoke-profile run of the whole study on every synthetic
+    cohort.
 
     Run once per test session even under pytest-xdist: the first worker to take the lock runs the
     study into the session's shared temporary folder and the others wait and read it. A failed run
@@ -77,7 +78,7 @@ def smoke_run(tmp_path_factory):
             mp.setenv("MKL_NUM_THREADS", "1")
             error = None
             try:
-                record = run_study("smoke", out_dir=out, log=lambda *a: None)
+                run_study("smoke", out_dir=out, log=lambda *a: None)
             except Exception as exc:  # noqa: BLE001 - re-raised in every worker below
                 error = f"{type(exc).__name__}: {exc}"
             finally:

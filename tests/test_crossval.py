@@ -91,7 +91,8 @@ def test_fold_artifacts_embeddings_and_checkpoints(done_grid):
         rows = preds[preds["fold"] == fold]
         paths = views.set_index("image_id").loc[rows["image_id"], "path"]
         probs, _ = predict(model, load_images(list(paths), 32))
-        np.testing.assert_allclose(probs, rows[["p_control", "p_pneumonia", "p_covid19"]], atol=1e-5)
+        np.testing.assert_allclose(probs, rows[["p_control", "p_pneumonia", "p_covid19"]],
+                                   atol=1e-5)
     runs = read_runs(artifacts)
     assert sorted(runs["fold"]) == [0, 1] and (runs["n_valid"] > 0).all()
     assert (runs["n_train"] + runs["n_valid"] + runs["n_test"] == len(manifest)).all()
@@ -103,7 +104,8 @@ def test_second_call_skips_done_folds_and_redoes_missing_ones(done_grid, monkeyp
     artifacts, manifest, views, plan, preds = done_grid
     calls = []
     real = crossval.train_classifier
-    monkeypatch.setattr(crossval, "train_classifier", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(crossval, "train_classifier",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
     again = run_crossval(views, manifest, plan, artifacts, **TINY)
     assert calls == []
     pd.testing.assert_frame_equal(again, preds)
@@ -165,7 +167,8 @@ def test_holdout_plan_is_80_20_by_patient():
     assert plan.groupby("group")["fold"].nunique().max() == 1
     test_patients = plan.loc[plan["fold"] == 0, "group"].nunique()
     assert test_patients == 12  # 20% of 60 patients
-    per_class = manifest.merge(plan, on="image_id").query("fold == 0").groupby("label")["group"].nunique()
+    per_class = (manifest.merge(plan, on="image_id").query("fold == 0")
+                 .groupby("label")["group"].nunique())
     assert per_class.to_dict() == {"control": 4, "covid19": 4, "pneumonia": 4}
 
 
@@ -208,7 +211,8 @@ def test_append_merges_by_key_without_duplicates(tmp_path):
 def test_average_by_patient_same_day():
     pred = _rows(["a1", "a2", "a3", "b1"], [[0.2, 0.8], [0.6, 0.4], [0.9, 0.1], [0.3, 0.7]],
                  labels=["covid19"] * 3 + ["control"])
-    manifest = pd.DataFrame({"image_id": ["a1", "a2", "a3", "b1"], "patient_id": ["A", "A", "A", "B"],
+    manifest = pd.DataFrame({"image_id": ["a1", "a2", "a3", "b1"],
+                             "patient_id": ["A", "A", "A", "B"],
                              "study_date": ["2020-03-01", "2020-03-01", "2020-03-09", None]})
     daily = average_by_patient(pred, manifest).set_index("unit_id")
     assert sorted(daily.index) == ["A|2020-03-01", "A|2020-03-09", "B|"]

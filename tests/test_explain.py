@@ -247,10 +247,12 @@ def test_shortcut_comparison_hand_computed():
     assert (raw["n_planted"], raw["n_clean"]) == (4, 3)
     assert raw["outside_exp1_planted"] == pytest.approx(0.75)
     assert raw["outside_exp3_planted"] == pytest.approx(0.5)
-    assert raw["gap_planted"] == pytest.approx(0.25) and raw["gap_clean"] == pytest.approx(-0.05 / 3)
+    assert raw["gap_planted"] == pytest.approx(0.25)
+    assert raw["gap_clean"] == pytest.approx(-0.05 / 3)
     assert raw["p_planted"] == pytest.approx(1 / 16)  # four positive differences: 1 / 2^4
     assert raw["gap_difference"] == pytest.approx(0.25 + 0.05 / 3)
-    assert raw["p_gap"] == pytest.approx(1 / 35)  # every planted gap above every clean one: 1 / C(7, 3)
+    # every planted gap above every clean one: 1 / C(7, 3)
+    assert raw["p_gap"] == pytest.approx(1 / 35)
     # beyond chance: a uniform map puts 0.7 (exp1) and 0.4 (exp3) outside, so each gap drops by 0.3
     assert beyond["outside_exp1_planted"] == pytest.approx(0.75 - 0.7)
     assert beyond["outside_exp3_clean"] == pytest.approx(0.5 - 0.4)
@@ -265,14 +267,16 @@ def test_twin_mismatch_names_what_differs():
     def scores(**settings):
         base = {"cam_target": "label", "lung_dilation": 0.02}
         return pd.DataFrame({"image_id": ["a", "a"], "experiment": ["exp1", "exp3"],
-                             "lung_energy": [0.4, 0.5], "lung_area": [0.5, 0.6], **{**base, **settings}})
+                             "lung_energy": [0.4, 0.5], "lung_area": [0.5, 0.6],
+                             **{**base, **settings}})
     assert explain.twin_mismatch(scores(), scores()) is None
     assert explain.twin_mismatch(scores(), scores(cam_target="predicted")) == \
         "`cam_target` differs or is missing (label vs predicted)"
     assert "`lung_dilation`" in explain.twin_mismatch(scores(), scores(lung_dilation=0.05))
     assert "`cam_target`" in explain.twin_mismatch(scores().drop(columns="cam_target"), scores())
     only_exp1 = scores().iloc[:1]
-    assert explain.twin_mismatch(scores(), only_exp1) == "the clean cohort has no scores of ['exp3']"
+    assert (explain.twin_mismatch(scores(), only_exp1)
+            == "the clean cohort has no scores of ['exp3']")
 
 
 def test_claim_answer_needs_significance_and_direction():

@@ -54,7 +54,8 @@ def test_extra_columns_come_back_typed_from_csv(tiny_cohort, tmp_path):
     csv = tmp_path / "typed.csv"
     write_manifest(df, csv, data_root=root)
     back = load_manifest(csv)
-    assert back["synth_rale"].dtype == "int64" and back["synth_rale"].sum() == sum(i % 9 for i in range(n))
+    assert back["synth_rale"].dtype == "int64"
+    assert back["synth_rale"].sum() == sum(i % 9 for i in range(n))
     assert back["synth_fraction"].dtype == float and back["synth_fraction"].isna().sum() == 1
     assert back["synth_devices"].dtype == bool and back["synth_devices"].sum() == n // 2
     assert (back["qc_reason"] == "ok").all()
@@ -83,7 +84,8 @@ def test_bad_value_names_row_and_column(tiny_cohort, column, value, message):
 def test_duplicate_image_id(tiny_cohort):
     df, root = tiny_cohort
     df.loc[5, "image_id"] = df.loc[2, "image_id"]
-    with pytest.raises(ManifestError, match=r"row 5, column 'image_id': duplicate .*first seen in row 2"):
+    with pytest.raises(ManifestError,
+                       match=r"row 5, column 'image_id': duplicate .*first seen in row 2"):
         validate_manifest(df, data_root=root)
 
 

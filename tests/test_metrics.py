@@ -9,7 +9,8 @@ from sklearn.metrics import (
 from cxrlib.metrics import (
     auc_by_train_fraction, binary_rates, class_metrics, confusion_matrices, confusion_matrix_frame,
     cutoff_metrics, format_mean_sd, global_from_confusion, global_metrics, mean_roc,
-    optimal_cutoff, patient_bootstrap_weights, per_class_from_confusion, roc_curves, summarize, training_curves,
+    optimal_cutoff, patient_bootstrap_weights, per_class_from_confusion, roc_curves, summarize,
+    training_curves,
 )
 from cxrlib.predictions import make_predictions
 
@@ -57,7 +58,8 @@ def test_global_rates_match_the_hand_computation():
 
 def test_binary_rates_and_likelihood_ratios():
     r = binary_rates(tp=45, fp=5, fn=5, tn=45)
-    assert (r["detection_rate"], r["fpr"], r["ppv"], r["npv"]) == pytest.approx((0.9, 0.1, 0.9, 0.9))
+    assert ((r["detection_rate"], r["fpr"], r["ppv"], r["npv"])
+            == pytest.approx((0.9, 0.1, 0.9, 0.9)))
     assert r["lr_plus"] == pytest.approx(9.0) and r["lr_minus"] == pytest.approx(0.1 / 0.9)
     r = binary_rates(tp=3, fp=0, fn=1, tn=4)
     assert r["lr_plus"] == np.inf and r["lr_minus"] == pytest.approx(0.25)
@@ -78,10 +80,12 @@ def test_table_metrics_agree_with_scikit_learn():
     np.testing.assert_allclose(per_class["ppv"], p)
     np.testing.assert_allclose(per_class["recall"], r)
     np.testing.assert_allclose(per_class["f1"], f)
-    np.testing.assert_allclose(per_class["auc"], [roc_auc_score(y == k, probs[:, k]) for k in range(3)])
+    np.testing.assert_allclose(per_class["auc"],
+                               [roc_auc_score(y == k, probs[:, k]) for k in range(3)])
     overall = global_metrics(pred).iloc[0]
     assert overall["accuracy"] == pytest.approx(accuracy_score(labels, pred["predicted"]))
-    assert overall["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, pred["predicted"]))
+    assert overall["balanced_accuracy"] == pytest.approx(
+        balanced_accuracy_score(labels, pred["predicted"]))
     assert overall["gmr"] == pytest.approx(gmean(r))
     assert overall["auc_macro"] == pytest.approx(roc_auc_score(y, probs, multi_class="ovr"))
 
@@ -124,7 +128,8 @@ def test_optimal_cutoff_by_hand():
     out = optimal_cutoff(np.array([0, 0, 1, 1], bool), np.array([0.1, 0.4, 0.35, 0.8]))
     # thresholds 0.8 and 0.35 both reach accuracy 3/4; the higher one wins
     assert out["threshold"] == 0.8 and out["accuracy"] == 0.75
-    assert (out["detection_rate"], out["fpr"], out["ppv"], out["npv"]) == pytest.approx((0.5, 0, 1, 2 / 3))
+    assert ((out["detection_rate"], out["fpr"], out["ppv"], out["npv"])
+            == pytest.approx((0.5, 0, 1, 2 / 3)))
     assert out["lr_plus"] == np.inf and out["lr_minus"] == pytest.approx(0.5)
 
 
@@ -138,7 +143,8 @@ def _two_image_patients(n_patients=30, seed=0):
             ids.append(f"P{p}_{k}")
             labels.append(label)
             probs.append([1 - score, score])
-            manifest.append({"image_id": f"P{p}_{k}", "patient_id": f"P{p}", "study_date": "2020-03-01"})
+            manifest.append({"image_id": f"P{p}_{k}", "patient_id": f"P{p}",
+                             "study_date": "2020-03-01"})
     pred = make_predictions(ids, labels, np.array(probs), ["control", "covid19"], experiment="exp1",
                             model="covidnet", method="arias2020", repetition=0, fold=0)
     return pred, pd.DataFrame(manifest)

@@ -29,7 +29,8 @@ def test_feature_map_size_matches_the_network(image_size, side):
     assert feature_map_size(image_size) == side
     if image_size <= 64:
         net = CovidNet(3, image_size, width=0.125).eval()
-        assert _cam_output_shape(net, torch.zeros(1, 3, image_size, image_size)) == (1, 256, side, side)
+        shape = _cam_output_shape(net, torch.zeros(1, 3, image_size, image_size))
+        assert shape == (1, 256, side, side)
 
 
 def test_covidnet_shapes_embedding_and_head():
@@ -44,7 +45,8 @@ def test_covidnet_shapes_embedding_and_head():
     assert net.cam_layer is net.stage4
     assert _cam_output_shape(net, x) == (2, 512, 2, 2)  # 2048 * 0.25 channels
     # the head: flatten -> 1024 -> 256 -> 3 with dropout 0.3
-    assert (net.fc1.out_features, net.fc2.out_features, net.classifier.out_features) == (1024, 256, 3)
+    outs = (net.fc1.out_features, net.fc2.out_features, net.classifier.out_features)
+    assert outs == (1024, 256, 3)
     assert net.fc1.in_features == 512 * 2 * 2 and net.dropout.p == 0.3
 
 
@@ -82,7 +84,8 @@ def test_covidnet_width_scales_every_convolution():
     assert full.stem[0].out_channels == 64 and half.stem[0].out_channels == 32
     assert [s.shortcut.out_channels for s in (half.stage1, half.stage2, half.stage3, half.stage4)] \
         == [128, 256, 512, 1024]
-    assert [len(s.blocks) for s in (full.stage1, full.stage2, full.stage3, full.stage4)] == [3, 4, 6, 3]
+    stages = (full.stage1, full.stage2, full.stage3, full.stage4)
+    assert [len(s.blocks) for s in stages] == [3, 4, 6, 3]
 
 
 @pytest.mark.parametrize("name, size, width, dim, cam", [

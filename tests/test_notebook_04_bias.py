@@ -79,7 +79,8 @@ def test_probes_on_given_and_twin_cohorts(smoke_run):
              for o in c.get("outputs", [])]
     reading = [t for t in texts if "Do all verdicts match what was planted?" in t]
     assert len(reading) == 1
-    assert "given cohort (shortcut planted)" in reading[0] and "twin cohort (shortcut absent)" in reading[0]
+    assert "given cohort (shortcut planted)" in reading[0]
+    assert "twin cohort (shortcut absent)" in reading[0]
 
 
 def test_external_validation_table(smoke_run):

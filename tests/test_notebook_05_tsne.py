@@ -86,7 +86,8 @@ def test_figures_and_reading(smoke_run):
 def test_purity_with_and_without_the_shortcut(smoke_run):
     _, out = smoke_run
     # the planted cohort runs after its twin and compares; the twin has nothing planted to compare
-    assert not (out / "arias-noshortcut" / "tables" / "embedding_purity_planted_vs_clean.csv").exists()
+    twin_tables = out / "arias-noshortcut" / "tables"
+    assert not (twin_tables / "embedding_purity_planted_vs_clean.csv").exists()
     beside = pd.read_csv(out / "arias" / "tables" / "embedding_purity_planted_vs_clean.csv",
                          keep_default_na=False, na_values=[""])
     within = beside["within"].astype(object)
@@ -97,4 +98,5 @@ def test_purity_with_and_without_the_shortcut(smoke_run):
         key = tuple(getattr(row, k) for k in KEY)
         assert row.above_chance_mean_planted == pytest.approx(planted.loc[key, "above_chance_mean"])
         assert row.above_chance_mean_clean == pytest.approx(clean.loc[key, "above_chance_mean"])
-        assert row.difference == pytest.approx(row.above_chance_mean_planted - row.above_chance_mean_clean)
+        assert row.difference == pytest.approx(row.above_chance_mean_planted
+                                               - row.above_chance_mean_clean)

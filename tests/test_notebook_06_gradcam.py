@@ -11,7 +11,8 @@ pytestmark = pytest.mark.notebook
 EXPERIMENTS = {"arias": {"exp1", "exp2", "exp3"}, "arias-noshortcut": {"exp1", "exp2", "exp3"},
                "covidgr": {"exp1", "sdnet", "sdnet@no_npcr"}}
 CLASSES = {"arias": {"control", "pneumonia", "covid19"},
-           "arias-noshortcut": {"control", "pneumonia", "covid19"}, "covidgr": {"control", "covid19"}}
+           "arias-noshortcut": {"control", "pneumonia", "covid19"},
+           "covidgr": {"control", "covid19"}}
 
 
 @pytest.mark.parametrize("cohort", sorted(EXPERIMENTS))
@@ -75,21 +76,27 @@ def test_seed001_claim_answered_from_the_numbers(smoke_run):
 
 def test_claim_compared_with_and_without_the_shortcut(smoke_run):
     _, out = smoke_run
-    # arias runs after its twin, so its notebook 06 compares; the twin's found nothing to compare yet
+    # arias runs after its twin, so its notebook 06 compares; the twin's found nothing to compare
+    # yet
     assert not (out / "arias-noshortcut" / "tables" / "cam_outside_planted_vs_clean.csv").exists()
-    table = pd.read_csv(out / "arias" / "tables" / "cam_outside_planted_vs_clean.csv").set_index("measure")
+    table = pd.read_csv(out / "arias" / "tables" / "cam_outside_planted_vs_clean.csv"
+                        ).set_index("measure")
     assert list(table.index) == ["outside_energy", "outside_energy_beyond_chance"]
     assert set(table["planted"]) == {"arias (knob 1)"}
     assert set(table["clean"]) == {"arias-noshortcut (knob 0)"}
     # each cohort's within-cohort test is the one its own notebook 06 wrote
     for cohort, side in (("arias", "planted"), ("arias-noshortcut", "clean")):
-        own = pd.read_csv(out / cohort / "tables" / "cam_outside_exp1_vs_exp3.csv").set_index("measure")
+        own = pd.read_csv(out / cohort / "tables" / "cam_outside_exp1_vs_exp3.csv"
+                          ).set_index("measure")
         for measure in table.index:
             assert table.loc[measure, f"n_{side}"] == own.loc[measure, "n_pairs"]
-            assert table.loc[measure, f"gap_{side}"] == pytest.approx(own.loc[measure, "mean_difference"])
-            assert table.loc[measure, f"outside_exp1_{side}"] == pytest.approx(own.loc[measure, "exp1"])
+            assert table.loc[measure, f"gap_{side}"] == pytest.approx(
+                own.loc[measure, "mean_difference"])
+            assert table.loc[measure, f"outside_exp1_{side}"] == pytest.approx(
+                own.loc[measure, "exp1"])
             assert table.loc[measure, f"p_{side}"] == pytest.approx(own.loc[measure, "p_value"])
-    assert (table["gap_difference"] - (table["gap_planted"] - table["gap_clean"])).abs().max() < 1e-9
+    gaps = table["gap_planted"] - table["gap_clean"]
+    assert (table["gap_difference"] - gaps).abs().max() < 1e-9
     assert table["p_gap"].between(0, 1).all()
     nb = json.loads((out / "arias" / "06_gradcam.ipynb").read_text())
     texts = ["".join(o.get("data", {}).get("text/markdown", "")) for c in nb["cells"]
@@ -102,8 +109,10 @@ def test_claim_compared_with_and_without_the_shortcut(smoke_run):
     scores = pd.read_csv(out / "arias" / "artifacts" / "cam_scores.csv")
     assert set(scores["cam_target"]) == {"label"} and set(scores["lung_dilation"]) == {0.02}
     # balanced accuracy with and without the shortcut: notebook 03's numbers of each cohort
-    accuracy = pd.read_csv(out / "arias" / "tables" / "cv_planted_vs_clean.csv").set_index("experiment")
+    accuracy = pd.read_csv(out / "arias" / "tables" / "cv_planted_vs_clean.csv"
+                           ).set_index("experiment")
     for cohort, side in (("arias", "planted"), ("arias-noshortcut", "clean")):
         own = pd.read_csv(out / cohort / "tables" / "cv_global.csv").set_index("experiment")
         own = own.loc[accuracy.index, "balanced_accuracy_mean"]
-        assert accuracy[f"balanced_accuracy_mean_{side}"].to_numpy() == pytest.approx(own.to_numpy())
+        assert (accuracy[f"balanced_accuracy_mean_{side}"].to_numpy()
+                == pytest.approx(own.to_numpy()))

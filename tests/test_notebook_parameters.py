@@ -17,7 +17,8 @@ def test_standard_parameters_parse(notebook):
     assert STANDARD <= set(params), f"missing {STANDARD - set(params)}"
     # papermill gives up on a line it cannot parse and then drops the type/default
     for name in STANDARD:
-        assert params[name]["default"] not in (None, ""), f"{name}: papermill could not parse its line"
+        assert params[name]["default"] not in (None, ""), (
+            f"{name}: papermill could not parse its line")
     assert params["profile"]["default"] == '"smoke"'
 
 

@@ -26,7 +26,8 @@ def test_every_notebook_ran_on_every_cohort_it_applies_to(smoke_run):
     ran = {(r.cohort, r.notebook) for r in record.results if r.status == "ok"}
     skipped = {(r.cohort, r.notebook) for r in record.results if r.status == "skipped"}
     for nb in list_notebooks(None, NOTEBOOKS_DIR):
-        applies_to = json.loads(nb.read_text()).get("metadata", {}).get("cxr_study", {}).get("cohorts")
+        meta = json.loads(nb.read_text()).get("metadata", {})
+        applies_to = meta.get("cxr_study", {}).get("cohorts")
         for cohort in COHORTS:
             if applies_to is None or cohort in applies_to:
                 assert (cohort, nb.name) in ran
@@ -44,8 +45,9 @@ def test_twin_cohort_is_arias_without_the_shortcut(smoke_run):
     tables = {c: pd.read_csv(out / c / "tables" / "cohort_by_class_source.csv").set_index("source")
               for c in ("arias", "arias-noshortcut")}
     # same preset and size: the same images per class and source; only the acquisition differs
-    pd.testing.assert_frame_equal(tables["arias"].drop(columns="patients", errors="ignore"),
-                                  tables["arias-noshortcut"].drop(columns="patients", errors="ignore"))
+    pd.testing.assert_frame_equal(
+        tables["arias"].drop(columns="patients", errors="ignore"),
+        tables["arias-noshortcut"].drop(columns="patients", errors="ignore"))
     for cohort, knob in (("arias", 1.0), ("arias-noshortcut", 0.0)):
         scores = pd.read_csv(out / cohort / "artifacts" / "cam_scores.csv")
         assert set(scores["synth_shortcut"]) == {knob}
@@ -65,7 +67,8 @@ def test_data_audit_tables(smoke_run):
     assert support["class"].tolist() == ["control", "pneumonia", "covid19"]
     assert support["enough"].all() and (support["folds"] == 2).all()
 
-    covidgr = pd.read_csv(out / "covidgr" / "tables" / "cohort_by_class_source.csv").set_index("source")
+    covidgr = pd.read_csv(out / "covidgr" / "tables" / "cohort_by_class_source.csv"
+                          ).set_index("source")
     assert covidgr.loc["total", "control"] == covidgr.loc["total", "covid19"] == 32
     comp = pd.read_csv(out / "covidgr" / "tables" / "covidgr_composition.csv").set_index("class")
     sev = comp.loc["positive", ["normal_pcr_pos", "mild", "moderate", "severe"]]
@@ -167,4 +170,5 @@ def test_classifier_cv_outputs(smoke_run):
     assert sev["accuracy_mean"].between(0, 1).all()
     table5 = pd.read_csv(covidgr / "tables" / "cv_table5_vs_paper.csv").set_index("metric")
     assert table5.loc["accuracy", "ResNet-50 with segmentation (paper)"] == "74.60 ± 2.93"
-    assert set(pd.read_csv(covidgr / "tables" / "cv_performance.csv")["class"]) == {"control", "covid19"}
+    classes = set(pd.read_csv(covidgr / "tables" / "cv_performance.csv")["class"])
+    assert classes == {"control", "covid19"}

@@ -1,5 +1,5 @@
-"""PHI canary through the whole path: DICOMs with identifying tags -> importer -> data-audit notebook.
-No identifying string may appear in any file the import or the study run writes."""
+"""PHI canary through the whole path: DICOMs with identifying tags -> importer -> data-audit
+notebook. No identifying string may appear in any file the import or the study run writes."""
 import numpy as np
 import pytest
 

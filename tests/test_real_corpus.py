@@ -43,7 +43,8 @@ def _save(image: np.ndarray, path, kind: str) -> None:
 
 
 def build_folder_set(root, work) -> dict:
-    """Write the public-style folder set under ``root``; return {kind: count} of what was written."""
+    """Write the public-style folder set under ``root``; return {kind: count} of what was
+    written."""
     synth = generate_cohort(work / "synth", preset="arias", n_images=3 * PER_CLASS * 2, size=128,
                             seed=7, progress=False)
     synth_root = work / "synth"

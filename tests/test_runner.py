@@ -1,4 +1,5 @@
-"""The runner executes notebooks in order, renders HTML, and reports failures by notebook and cell."""
+"""The runner executes notebooks in order, renders HTML, and reports failures by notebook and
+cell."""
 import json
 import subprocess
 import sys
@@ -9,12 +10,14 @@ import pytest
 from cxrlib.manifest import write_manifest
 from cxrlib.runner import NotebookFailed, check_kernel, list_notebooks, run_study
 
-PARAMS = 'profile = "smoke"\ncohort = ""\nmanifest = ""\nrun_dir = ""\nseed = 0\ninteractive = False'
+PARAMS = ('profile = "smoke"\ncohort = ""\nmanifest = ""\nrun_dir = ""\nseed = 0\n'
+          'interactive = False')
 
 
-def _notebook(path, *sources):
+def _notebook(path, *sources, parameters=PARAMS):
+    """Write a notebook: a markdown title, the tagged ``parameters`` cell, then ``sources``."""
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell(PARAMS)
+    params = nbformat.v4.new_code_cell(parameters)
     params.metadata["tags"] = ["parameters"]
     nb.cells = [nbformat.v4.new_markdown_cell("# test"), params]
     nb.cells += [nbformat.v4.new_code_cell(s) for s in sources]
@@ -55,7 +58,8 @@ def test_failure_names_notebook_and_cell_and_keeps_earlier_outputs(fake_study):
     assert "ValueError: deliberate failure" in str(exc) and "assert len(t) == 24" in str(exc)
     cohort_dir = out / "tiny"
     # the first notebook's outputs are complete; the failed one is kept with its traceback
-    assert (cohort_dir / "00_first.html").is_file() and (cohort_dir / "tables" / "labels.csv").is_file()
+    assert (cohort_dir / "00_first.html").is_file()
+    assert (cohort_dir / "tables" / "labels.csv").is_file()
     assert "deliberate failure" in (cohort_dir / "01_second.ipynb").read_text()
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "failed"
@@ -92,7 +96,8 @@ def test_missing_kernel_says_how_to_install():
 
 
 def test_cli_reports_bad_arguments():
-    res = subprocess.run([sys.executable, "-m", "cxrlib", "run", "--profile", "smoke", "--only", "98"],
+    res = subprocess.run([sys.executable, "-m", "cxrlib", "run", "--profile", "smoke",
+                          "--only", "98"],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "no notebook numbered ['98']" in res.stderr
 
@@ -137,8 +142,8 @@ def test_parameters_reach_the_notebooks_and_run_json(param_study):
 
 
 @pytest.mark.parametrize("given, message", [
-    ({"thresold": 0.2}, r"(?s)no notebook of this run declares thresold.*00_params.ipynb: threshold, "
-                        r"note"),
+    ({"thresold": 0.2}, r"(?s)no notebook of this run declares thresold.*"
+                        r"00_params.ipynb: threshold, note"),
     ({"seed": 3}, "seed is set by the runner: use --seed"),
     ({"threshold": "high"}, "threshold of 00_params.ipynb must be float"),
     ({"profile.cls_fold": 2}, "unknown profile field 'cls_fold'"),

@@ -351,7 +351,8 @@ def test_inference_batches_are_capped_and_give_the_same_probabilities(monkeypatc
     assert _cpu_batch_limit(model, (128, 128)) == CPU_ACTIVATION_BYTES // (32 * 128 * 128 * 4) == 8
     assert _cpu_batch_limit(UNet(width=1.0), (1024, 1024)) == 1
     images = np.random.default_rng(0).standard_normal((5, 32, 32)).astype(np.float32)
-    one_by_one = np.concatenate([predict_lung_probability(model, images[i:i + 1]) for i in range(5)])
+    one_by_one = np.concatenate([predict_lung_probability(model, images[i:i + 1])
+                                 for i in range(5)])
     np.testing.assert_allclose(predict_lung_probability(model, images, batch_size=5), one_by_one,
                                atol=1e-6)
     # a cap small enough to bite at 32 px: 2 images of 2 x 16 channels x 32 x 32 x 4 bytes

@@ -53,7 +53,8 @@ def test_qc_patient_group_joins_duplicates_across_patients():
 
 
 def test_leak_is_detected():
-    plan = pd.DataFrame({"image_id": ["a", "b"], "group": ["P1", "P1"], "repetition": 0, "fold": [0, 1]})
+    plan = pd.DataFrame({"image_id": ["a", "b"], "group": ["P1", "P1"], "repetition": 0,
+                         "fold": [0, 1]})
     with pytest.raises(ValueError, match="group 'P1' appears in 2 folds"):
         check_split_plan(plan)
 

@@ -161,7 +161,8 @@ def test_pixel_frame_round_trip_and_half_resolution():
     row, col = frame.to_pixels(frame.X[7, 5], frame.Y[7, 5])
     assert (row, col) == (pytest.approx(7, abs=1e-4), pytest.approx(5, abs=1e-4))
     x, y = frame.to_patient(7, 5)
-    assert (x, y) == (pytest.approx(frame.X[7, 5], abs=1e-4), pytest.approx(frame.Y[7, 5], abs=1e-4))
+    assert (x, y) == (pytest.approx(frame.X[7, 5], abs=1e-4),
+                      pytest.approx(frame.Y[7, 5], abs=1e-4))
     coarse = frame.coarsen()
     assert coarse.shape == (23, 19) and coarse.px_per_cm == 1.5
     # coordinates are linear, so upsampling the coarse grid gives the fine one inside
@@ -293,7 +294,8 @@ def test_covidgr_is_balanced_pa_one_source_with_the_papers_severities():
 def test_arias_classes_and_sources_follow_the_paper():
     cases = sample_cases("arias", 400, seed=0)
     flags = {s.name: set(s.labels) for s in ARIAS_SOURCES}
-    assert set(cases.loc[cases["label"] == "covid19", "source"]) == {"HM Hospitales", "BIMCV", "ACT"}
+    covid_sources = set(cases.loc[cases["label"] == "covid19", "source"])
+    assert covid_sources == {"HM Hospitales", "BIMCV", "ACT"}
     for source, labels in cases.groupby("source")["label"]:
         assert set(labels) <= flags[source], source
     # Table II shares: 49983 / 24114 / 8573 of 82670
@@ -353,7 +355,8 @@ def test_cohorts_name_a_preset_and_a_shortcut_knob():
     assert cohort_spec("arias-noshortcut") == ("arias", 0.0)
     assert cohort_spec("covidgr") == ("covidgr", 1.0)
     assert list(COHORTS)[:2] == ["arias-noshortcut", "arias"]  # the twin runs first
-    assert shortcut_twin("arias") == "arias-noshortcut" and shortcut_twin("arias-noshortcut") == "arias"
+    assert shortcut_twin("arias") == "arias-noshortcut"
+    assert shortcut_twin("arias-noshortcut") == "arias"
     assert shortcut_twin("covidgr") is None
     with pytest.raises(ValueError, match="unknown synthetic cohort 'arias0'"):
         cohort_spec("arias0")
@@ -371,7 +374,8 @@ def test_open_study_generates_the_cohort_with_its_knob(tmp_path, monkeypatch):
 
     monkeypatch.setattr(synthetic, "default_cohort", fake_default_cohort)
     for name, override, expected in (("arias-noshortcut", None, ("arias", 0.0)),
-                                     ("arias", None, ("arias", 1.0)), ("arias", 0.5, ("arias", 0.5))):
+                                     ("arias", None, ("arias", 1.0)),
+                                     ("arias", 0.5, ("arias", 0.5))):
         with pytest.raises(RuntimeError, match="stop here"):
             open_study("smoke", name, run_dir=tmp_path, shortcut=override)
         assert calls[-1] == expected
@@ -433,7 +437,10 @@ def test_neck_soft_tissue_varies_between_patients():
     assert 0.5 <= min(tissue) < 0.75 and 0.95 < max(tissue) <= 1.2
     thin, thick = (build_thorax(sample_subject(np.random.default_rng(s), "M", 40.0))
                    for s in (int(np.argmin(tissue)), int(np.argmax(tissue))))
-    neck = lambda th: th.row_tables["thickness"][:100].mean()  # rows far above the apex
+
+    def neck(th):  # rows far above the apex
+        return th.row_tables["thickness"][:100].mean()
+
     assert neck(thin) < 0.8 * neck(thick)
     # the chest itself is as thick in both
     assert thin.row_tables["thickness"][-200] == pytest.approx(thick.row_tables["thickness"][-200])
@@ -470,7 +477,8 @@ def test_covid_consolidation_is_densest_in_the_lower_zones():
     lung = np.zeros((80, 80), bool)
     lung[8:72, 6:36] = lung[8:72, 44:74] = True
     rows = np.arange(80, dtype=np.float32)[:, None]
-    fields = {"height": np.broadcast_to(np.clip((rows - 8) / 63, 0, 1), lung.shape).astype(np.float32),
+    height = np.broadcast_to(np.clip((rows - 8) / 63, 0, 1), lung.shape)
+    fields = {"height": height.astype(np.float32),
               "lateralness": np.full(lung.shape, 0.8, np.float32),
               "air": np.where(lung, np.float32(1), np.float32(0))}
     lesion, opacity = covid_lesions(lung, fields, 8, 1.0, 2.0, np.random.default_rng(0))

@@ -52,14 +52,16 @@ def test_only_marked_images_are_augmented():
     image = np.zeros((1, 4, 4), np.float32)
     image[0, :, 0] = 1.0  # bright left column
     flip = Augmentation(hflip=1.0, rotation_deg=0, scale=(1.0, 1.0), elastic_p=0, noise_p=0)
-    ds = ClassifierDataset(np.repeat(image, 2, 0), np.array([0, 1]), flip, augment=np.array([False, True]))
+    ds = ClassifierDataset(np.repeat(image, 2, 0), np.array([0, 1]), flip,
+                           augment=np.array([False, True]))
     kept, flipped = ds[0][0][0], ds[1][0][0]
     assert kept[0, 0] > kept[0, 3] and flipped[0, 3] > flipped[0, 0]
 
 
 def test_gaussian_noise_has_the_papers_variance():
     torch.manual_seed(0)
-    noise = Augmentation(hflip=0, rotation_deg=0, scale=(1.0, 1.0), elastic_p=0, noise_p=1.0).build()
+    noise = Augmentation(hflip=0, rotation_deg=0, scale=(1.0, 1.0), elastic_p=0,
+                         noise_p=1.0).build()
     x = torch.full((1, 128, 128), 0.5)
     from torchvision import tv_tensors
     diff = noise(tv_tensors.Image(x)).as_subclass(torch.Tensor) - x
@@ -150,7 +152,8 @@ def test_training_refuses_bad_splits():
 def test_precise_batchnorm_uses_the_statistics_of_the_final_weights():
     x, y = learnable_images(12)
     recipe = get_recipe("arias2020").with_overrides(
-        epochs=1, batch_size=4, lr=1e-3, augmentation=None, select_best=False, precise_bn_batches=50)
+        epochs=1, batch_size=4, lr=1e-3, augmentation=None, select_best=False,
+        precise_bn_batches=50)
     torch.manual_seed(0)
     model = build_classifier("covidnet", 3, image_size=32, width=0.125)
     fit = train_classifier(model, x, y, x[:3], y[:3], recipe, CLASSES)

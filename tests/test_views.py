@@ -241,7 +241,8 @@ def test_build_views_names_the_image_whose_mask_is_missing(tiny_manifest, tmp_pa
 def test_equalize_gives_exactly_skimages_values_on_8_bit_and_float_images():
     rng = np.random.default_rng(5)
     for i in range(30):
-        image = (rng.random((int(rng.integers(3, 70)), int(rng.integers(3, 70)))) ** 2).astype(np.float32)
+        shape = (int(rng.integers(3, 70)), int(rng.integers(3, 70)))
+        image = (rng.random(shape) ** 2).astype(np.float32)
         if i % 2:
             image = np.round(image * 255).astype(np.float32) / 255  # ties on bin centres
         region = rng.random(image.shape) < 0.6

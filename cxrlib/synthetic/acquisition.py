@@ -89,7 +89,8 @@ def _curve(rng, pts: list, wiggle_cm: float, n: int = 40) -> np.ndarray:
     freq = rng.uniform(1.0, 2.5)
     phase = rng.uniform(0, 2 * np.pi)
     d = np.gradient(xy, axis=0)
-    normal = np.stack([-d[:, 1], d[:, 0]], axis=1) / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None]
+    normal = (np.stack([-d[:, 1], d[:, 0]], axis=1)
+              / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-9)[:, None])
     return xy + normal * (wiggle_cm * np.sin(2 * np.pi * freq * ts + phase))[:, None]
 
 
@@ -121,7 +122,8 @@ def _electrode(out: np.ndarray, row: float, col: float, radius_px: float) -> Non
     out[r0:r1, c0:c1] += 0.25 * ring + 0.6 * stud
 
 
-def device_density(frame: PixelFrame, thorax: Thorax, devices: tuple, rng: np.random.Generator) -> np.ndarray:
+def device_density(frame: PixelFrame, thorax: Thorax, devices: tuple,
+                   rng: np.random.Generator) -> np.ndarray:
     """Radio-opaque support devices as an attenuation map (float32, frame shape).
 
     ``devices`` holds names from :data:`DEVICES`: ``ecg`` (3-5 electrodes with leads), ``cvc``
@@ -152,7 +154,8 @@ def device_density(frame: PixelFrame, thorax: Thorax, devices: tuple, rng: np.ra
         tubes.append((_curve(rng, path, 0.2), 0.25, 0.5))
     if "ett" in devices:
         tip = thorax.carina_y - rng.uniform(2.0, 6.0)
-        tubes.append((_curve(rng, [(-0.2, -0.7 * H), (-0.3, -0.2 * H), (-0.3, tip)], 0.1), 0.5, 0.25))
+        tubes.append((_curve(rng, [(-0.2, -0.7 * H), (-0.3, -0.2 * H), (-0.3, tip)], 0.1),
+                      0.5, 0.25))
         tubes.append((_curve(rng, [(0.1, -0.7 * H), (0.0, tip)], 0.05), 0.12, 0.6))  # stripe
     if "ngt" in devices:
         stomach = (0.45 * thorax.width[1], thorax.dome_y[1] + rng.uniform(0.08, 0.2) * H)
@@ -161,7 +164,8 @@ def device_density(frame: PixelFrame, thorax: Thorax, devices: tuple, rng: np.ra
         tubes.append((_curve(rng, path, 0.3), 0.35, 0.45))
     if tubes:
         rows, cols, weights = zip(*(_parallel_wires(xy, cal, att, frame) for xy, cal, att in tubes))
-        out += splat(frame.shape, np.concatenate(rows), np.concatenate(cols), np.concatenate(weights))
+        out += splat(frame.shape, np.concatenate(rows), np.concatenate(cols),
+                     np.concatenate(weights))
     return np.minimum(out, 1.2)
 
 
@@ -214,9 +218,11 @@ def sensor(density: np.ndarray, sensor_name: str, px_per_cm: float, noise_level:
     sigma = np.sqrt(max(max(props["blur_cm"] * px_per_cm, 0.5) ** 2 - prior_blur_px ** 2, 0.0))
     img = ndi.gaussian_filter(density, sigma, truncate=3.0) if sigma >= 0.3 else density.copy()
     if props["latitude"] != 1.0:  # contrast reduced around soft-tissue density
-        img = np.float32(MID_DENSITY) + np.float32(props["latitude"]) * (img - np.float32(MID_DENSITY))
+        img = (np.float32(MID_DENSITY)
+               + np.float32(props["latitude"]) * (img - np.float32(MID_DENSITY)))
     level = np.float32(props["noise"] * noise_level)
-    img += noise_field(density.shape, props["grain_px"], rng) * level * (0.5 + np.clip(img, 0.0, 1.5))
+    img += (noise_field(density.shape, props["grain_px"], rng) * level
+            * (0.5 + np.clip(img, 0.0, 1.5)))
     return img
 
 
@@ -346,7 +352,8 @@ def collimate(img: np.ndarray, border: np.ndarray, kind: str, rng: np.random.Gen
     plate (bright, slightly noisy), "black" a shutter applied by the processing."""
     if kind == "white":
         level = rng.uniform(0.85, 1.0)
-        img[border] = np.clip(level + rng.normal(0, 0.01, int(border.sum())), 0, 1).astype(np.float32)
+        img[border] = np.clip(level + rng.normal(0, 0.01, int(border.sum())),
+                              0, 1).astype(np.float32)
     elif kind == "black":
         img[border] = np.float32(rng.uniform(0.0, 0.04))
     elif kind != "none":

@@ -72,7 +72,6 @@ class Subject:
     heart_shape: tuple       # exponents of the right / left heart borders (<1: rounder)
     lung_air: float          # attenuation removed by a full depth of aerated lung
     vessel_contrast: float   # visibility of the lung vessels (about 1)
-    heart_density: float = 0.5  # extra attenuation of the heart over the mediastinum (0..1)
     neck_tissue: float = 1.0  # soft tissue of the neck and supraclavicular fossae (about 1)
     inspiration: float = 1.0  # lung height factor of this image
     projection: str = "PA"
@@ -107,11 +106,12 @@ def sample_subject(rng: np.random.Generator, sex: str, age: float) -> Subject:
         habitus=float(np.clip(n(1.0, 0.12), 0.7, 1.4)), arms=bool(rng.random() < 0.55),
         arm_gap=u(0.0, 2.5), vessel_spread=u(0.2, 0.34),
         heart_shape=(u(0.3, 0.5), u(0.45, 0.8)), lung_air=u(0.2, 0.5),
-        vessel_contrast=u(0.7, 1.3), neck_tissue=u(0.55, 1.15), heart_density=u(0.0, 1.0),
+        vessel_contrast=u(0.7, 1.3), neck_tissue=u(0.55, 1.15),
     )
 
 
-def pose_subject(subject: Subject, rng: np.random.Generator, projection: str, supine: bool) -> Subject:
+def pose_subject(subject: Subject, rng: np.random.Generator, projection: str,
+                 supine: bool) -> Subject:
     """The subject as imaged in one study.
 
     AP magnifies the heart and mediastinum (the heart is far from the detector), projects the
@@ -119,7 +119,8 @@ def pose_subject(subject: Subject, rng: np.random.Generator, projection: str, su
     """
     if projection not in ("AP", "PA"):
         raise ValueError(f"projection must be 'AP' or 'PA', got {projection!r}")
-    insp = rng.normal(1.0, 0.045) - (0.07 if supine else 0.0) - (0.02 if projection == "AP" else 0.0)
+    insp = (rng.normal(1.0, 0.045) - (0.07 if supine else 0.0)
+            - (0.02 if projection == "AP" else 0.0))
     changes = dict(inspiration=float(np.clip(insp, 0.8, 1.12)), projection=projection,
                    supine=bool(supine))
     if projection == "AP":
@@ -379,7 +380,8 @@ def _clavicles(thorax: Thorax, X, Y, px_per_cm: float) -> np.ndarray:
     slope = (s.clavicle_rise + 0.6 * 2 * np.pi * np.cos(wave)) / (u1 - u0)
     half = (0.62 - 0.22 * p + 0.35 * (1.0 - p) ** 8) * (1.1 if s.sex == "M" else 1.0)
     d_px = (half - np.abs(Y - centre) / np.sqrt(1.0 + slope * slope)) * np.float32(px_per_cm)
-    ends = np.clip((U - u0) * px_per_cm + 0.5, 0.0, 1.0) * np.clip((u1 - U) * px_per_cm + 0.5, 0.0, 1.0)
+    ends = (np.clip((U - u0) * px_per_cm + 0.5, 0.0, 1.0)
+            * np.clip((u1 - U) * px_per_cm + 0.5, 0.0, 1.0))
     cortex = np.exp(-np.maximum(d_px, 0.0) / np.float32(max(0.12 * px_per_cm, 0.4)))
     return (_soft_inside(d_px) * ends * (0.5 + 0.5 * cortex)).astype(np.float32)
 
@@ -393,7 +395,8 @@ def _convex_distance(U, Y, pts) -> np.ndarray:
     for (x0, y0), (x1, y1) in zip(pts, np.roll(pts, -1, axis=0)):
         nx, ny = -(y1 - y0), (x1 - x0)
         norm = np.hypot(nx, ny)
-        di = (U - np.float32(x0)) * np.float32(nx / norm) + (Y - np.float32(y0)) * np.float32(ny / norm)
+        di = ((U - np.float32(x0)) * np.float32(nx / norm)
+              + (Y - np.float32(y0)) * np.float32(ny / norm))
         d = di if d is None else np.minimum(d, di)
     return d
 
@@ -435,7 +438,8 @@ def _trachea(thorax: Thorax, X, Y, px_per_cm: float) -> np.ndarray:
         dx, dy = np.float32(sign * np.sin(ang)), np.float32(np.cos(ang))
         along = (X - xc) * dx + (Y - car) * dy
         across = np.abs((X - xc) * dy - (Y - car) * dx)
-        bron = _soft_inside((0.7 - across) * ppc) * np.clip(1.0 - along / 4.5, 0.0, 1.0) * (along > 0)
+        bron = (_soft_inside((0.7 - across) * ppc) * np.clip(1.0 - along / 4.5, 0.0, 1.0)
+                * (along > 0))
         out = np.maximum(out, bron)
     return out.astype(np.float32)
 
@@ -513,7 +517,8 @@ def vessel_tree_points(thorax: Thorax, rng: np.random.Generator, px_per_cm: floa
         n_pts = max(int(np.ceil(length.max() * px_per_cm / 0.8)), 2)
         t = np.linspace(0.0, 1.0, n_pts)[None, :]
         bend = rng.normal(0, 0.06, (ang.size, 1)) * length[:, None] * np.sin(np.pi * t)
-        xs.append((sign[:, None] * (px[:, None] + (ex - px)[:, None] * t - sa[:, None] * bend)).ravel())
+        xs.append((sign[:, None]
+                   * (px[:, None] + (ex - px)[:, None] * t - sa[:, None] * bend)).ravel())
         ys.append((py[:, None] + (ey - py)[:, None] * t + ca[:, None] * bend).ravel())
         ms.append(np.repeat(calibre * length * px_per_cm / n_pts, n_pts))
         lv.append(np.full(ang.size * n_pts, level))
@@ -584,32 +589,16 @@ def render_anatomy(thorax: Thorax, frame: PixelFrame, rng: np.random.Generator,
     lung_inside = out["inside"]
     body = _body(thorax, X, look, ppc) * np.float32(0.95 + 0.1 * (s.habitus - 1.0))
     air, heart = out["air"], out["heart"]
-    # the heart displaces the lung in front of and beside it: within a centimetre of its border
-    # the beam already crosses several centimetres of heart, so the border is sharp and the
-    # silhouette as dense as soft tissue; only a thin retrocardiac layer of lung stays behind it
-    blocked = np.clip(heart * np.float32(2.5), 0.0, 1.0)
-    density = (body - np.float32(s.lung_air) * air * (1.0 - 0.9 * blocked)
-               + np.float32(0.05 + 0.1 * s.heart_density) * heart)
+    density = body - np.float32(s.lung_air) * air * (1.0 - 0.85 * heart) + 0.05 * heart
     # gastric bubble under the left dome (with a fluid level when upright)
-    # and gas in the colon's splenic and hepatic flexures: dark like lung, but below the domes
     gx, gy = 0.45 * thorax.width[1], thorax.dome_y[1] + 0.09 * H
-    gas = [(gx, gy, rng.uniform(0.08, 0.16) * H, rng.uniform(0.04, 0.08) * H,
-            rng.uniform(0.05, 0.45), not s.supine)]
-    for side, sign in ((0, -1.0), (1, 1.0)):
-        if rng.random() < 0.35:
-            gas.append((sign * rng.uniform(0.5, 0.85) * thorax.width[side],
-                        thorax.cp_y[side] + rng.uniform(0.02, 0.12) * H,
-                        rng.uniform(0.05, 0.12) * H, rng.uniform(0.03, 0.07) * H,
-                        rng.uniform(0.05, 0.35), False))
-    for cx, cy, rx, ry, depth, level in gas:
-        box = work.box(cx - 2.5 * rx, cx + 2.5 * rx, cy - 3.0 * ry, cy + 3.0 * ry)
-        if box is None:
-            continue
+    box = work.box(gx - 0.3 * H, gx + 0.3 * H, gy - 0.2 * H, gy + 0.2 * H)
+    if box is not None:
         bx, by = X[box], Y[box]
-        bubble = np.exp(-(((bx - cx) / rx) ** 2 + ((by - cy) / ry) ** 2) * 2.0)
-        if level:  # upright: a fluid level across the bubble
-            bubble *= np.clip((cy + 0.02 * H - by) * ppc, 0.0, 1.0) * 0.7 + 0.3
-        density[box] -= np.float32(depth) * bubble * body[box]
+        bubble = np.exp(-(((bx - gx) / (0.11 * H)) ** 2 + ((by - gy) / (0.06 * H)) ** 2) * 2.0)
+        if not s.supine:
+            bubble *= np.clip((gy + 0.02 * H - by) * ppc, 0.0, 1.0) * 0.7 + 0.3
+        density[box] -= np.float32(rng.uniform(0.05, 0.22)) * bubble * body[box]
     hw = s.spine_half_width
     _add_in_box(density, work, (-1.6 * hw, 1.6 * hw, -0.6 * H, 1.6 * H), 0.07,
                 lambda x, y: _spine(thorax, x, y, ppc))
@@ -622,7 +611,8 @@ def render_anatomy(thorax: Thorax, frame: PixelFrame, rng: np.random.Generator,
     density += 0.14 * ribs * np.clip(body * 3.0, 0.0, 1.0) * visibility
     box = work.box(-1.4 * W, 1.4 * W, -0.35 * H, 0.4 * H)
     if box is not None:
-        density[box] += 0.24 * _clavicles(thorax, X[box], Y[box], ppc) * np.clip(body[box] * 4.0, 0.0, 1.0)
+        density[box] += (0.24 * _clavicles(thorax, X[box], Y[box], ppc)
+                         * np.clip(body[box] * 4.0, 0.0, 1.0))
     for sign in (-1.0, 1.0):
         lo, hi = sorted((sign * 0.65 * W, sign * 1.4 * W))
         _add_in_box(density, work, (lo, hi, -0.12 * H, 0.62 * H), 0.09,

@@ -52,7 +52,7 @@ from .frame import PixelFrame
 from .presets import SOURCE_FLOOR, get_preset
 
 #: Bump when the rendering changes, so that cached cohorts are regenerated.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 2
 
 #: Share of a profile's cached cohort (:func:`default_cohort`) written as DICOM, so that every
 #: study run reads some images through :mod:`cxrlib.dicom`.
@@ -122,7 +122,8 @@ def cell_counts(preset, n_images: int) -> pd.DataFrame:
     """
     preset = get_preset(preset)
     labels = list(preset.labels)
-    per_class = _largest_remainder(n_images, np.array([preset.class_shares[l] for l in labels]))
+    per_class = _largest_remainder(n_images,
+                                   np.array([preset.class_shares[lab] for lab in labels]))
     rows = []
     for label, n_class in zip(labels, per_class):
         srcs = [s for s in preset.sources if label in s.labels]
@@ -172,7 +173,8 @@ def sample_cases(preset: str = "arias", n_images: int = 120, seed: int = 0,
     severities = list(rng.permutation(np.repeat(sev_names, counts)))
     patients = [(cell.label, preset.source(cell.source), size)
                 for cell in cells.itertuples()
-                for size in _patient_sizes(cell.n, preset.source(cell.source).images_per_patient, rng)]
+                for size in _patient_sizes(cell.n, preset.source(cell.source).images_per_patient,
+                                           rng)]
     rows = []
     for p_index, k in enumerate(rng.permutation(len(patients))):
         label, src, size = patients[k]
@@ -594,7 +596,8 @@ def generate_cohort(out_dir, preset: str = "arias", n_images: int = 120, size: i
     """
     preset_obj, n_images, seed, shortcut = _check_args(preset, n_images, seed, shortcut)
     _check_size(size)
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0 or n_jobs < -1:
+    if (isinstance(n_jobs, bool) or not isinstance(n_jobs, (int, np.integer)) or n_jobs == 0
+            or n_jobs < -1):
         raise ValueError(f"n_jobs must be a positive integer or -1, got {n_jobs!r}")
     n_jobs = (os.cpu_count() or 1) if n_jobs == -1 else int(n_jobs)
     plan = dicom_plan(n_images, dicom_share, seed)
@@ -678,7 +681,8 @@ def default_cohort(preset: str, profile, seed: int = 0, shortcut: float = 1.0,
         os.replace(tmp, folder)
     except OSError:
         # another process finished the same cohort first: use theirs
-        if not (csv.is_file() and read_sidecar(csv).get("generator") == json.loads(json.dumps(wanted))):
+        if not (csv.is_file()
+                and read_sidecar(csv).get("generator") == json.loads(json.dumps(wanted))):
             raise
     finally:
         if tmp.exists():

@@ -195,7 +195,8 @@ def smooth_noise(shape: tuple, cells: int, rng: np.random.Generator) -> np.ndarr
 COVID_PART_WEIGHTS = np.array([2.0, 0.8, 5.0, 2.5])
 
 
-def choose_parts(n_parts: int, rng: np.random.Generator, available: np.ndarray | None = None) -> np.ndarray:
+def choose_parts(n_parts: int, rng: np.random.Generator,
+                 available: np.ndarray | None = None) -> np.ndarray:
     """Pick ``n_parts`` of the 8 lung parts for COVID-19 lesions (bool (2, 4)).
 
     Lower and lateral parts are preferred (:data:`COVID_PART_WEIGHTS`), and after each pick the
@@ -262,7 +263,8 @@ def covid_lesions(lung_mask: np.ndarray, fields: dict, target_rale: int, severit
     never = float(score.max()) * 2.0 + 1.0
     thresholds = np.full(9, never, np.float32)
     for label in chosen_labels:
-        cover = float(np.clip(base_cover + rng.uniform(-0.12, 0.15), max(2.0 * min_fraction, 0.2), 0.85))
+        cover = float(np.clip(base_cover + rng.uniform(-0.12, 0.15),
+                              max(2.0 * min_fraction, 0.2), 0.85))
         thresholds[label] = np.quantile(score[parts == label], 1.0 - cover)
     weight = box_blur(lung_mask.astype(np.float32), 1.2 * px_per_cm)
     blended = box_blur(np.where(lung_mask, thresholds[parts], np.float32(0)), 1.2 * px_per_cm)
@@ -314,7 +316,8 @@ def lobe_region(fields: dict, side: int, lobe: str, noise: np.ndarray,
         region = (h < fissure) & (lat + 0.22 * noise > rng.uniform(0.0, 0.25))
     else:
         fissure = rng.uniform(0.4, 0.5)
-        region = (h > fissure) & (h + 0.06 * noise < 0.92) & (lat + 0.22 * noise < rng.uniform(0.5, 0.65))
+        region = ((h > fissure) & (h + 0.06 * noise < 0.92)
+                  & (lat + 0.22 * noise < rng.uniform(0.5, 0.65)))
     return region & on_side
 
 

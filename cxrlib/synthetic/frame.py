@@ -60,7 +60,8 @@ class PixelFrame:
         ca, sa = np.float32(np.cos(angle) / px_per_cm), np.float32(np.sin(angle) / px_per_cm)
         X = np.float32(centre[0]) + (ca * cols - sa * rows)
         Y = np.float32(centre[1]) + (sa * cols + ca * rows)
-        return cls((h, w), float(px_per_cm), (float(centre[0]), float(centre[1])), float(angle), X, Y)
+        return cls((h, w), float(px_per_cm), (float(centre[0]), float(centre[1])), float(angle),
+                   X, Y)
 
     def to_pixels(self, x, y) -> tuple[np.ndarray, np.ndarray]:
         """(row, col) float pixel coordinates (0 = centre of the first pixel) of points in cm."""

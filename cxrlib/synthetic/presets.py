@@ -105,7 +105,8 @@ class Preset:
 
 def _style(**kw) -> Style:
     base = dict(
-        aspect=(0.95, 1.1), margin_side=(0.98, 1.2), margin_top=(0.0, 0.13), margin_bottom=(0.0, 0.12),
+        aspect=(0.95, 1.1), margin_side=(0.98, 1.2), margin_top=(0.0, 0.13),
+        margin_bottom=(0.0, 0.12),
         tight_crop=0.15,
         black=(-0.1, 0.15), white=(99.0, 99.8), compress=(0.2, 0.55), compress_cm=8.0,
         unsharp=(0.05, 0.20), unsharp_cm=1.0, contrast=(1.0, 2.0), gamma=(0.9, 1.1),
@@ -272,7 +273,8 @@ def cohort_spec(name: str) -> tuple[str, float]:
     try:
         return COHORTS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown synthetic cohort {name!r}; choose from {list(COHORTS)}") from None
+        raise ValueError(f"unknown synthetic cohort {name!r}; "
+                         f"choose from {list(COHORTS)}") from None
 
 
 def shortcut_twin(name: str) -> str | None:
