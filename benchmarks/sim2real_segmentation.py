@@ -44,15 +44,14 @@ import pandas as pd
 import torch
 
 from cxrlib.domain_randomisation import CHANGES
-from cxrlib.images import read_image, read_mask
+from cxrlib.images import read_image
 from cxrlib.paths import data_dir
 from cxrlib.profiles import get_profile
 from cxrlib.segmentation import (
-    dice_score, iou_score, load_unet, read_unet_params, score_masks, segment_images,
-    segment_manifest, train_unet_on_manifest,
+    load_unet, read_unet_params, score_masks, segment_manifest, train_unet_on_manifest,
 )
 from cxrlib.segmentation_adaptation import adapt_unet, adapt_unet_to_manifest, adaptation_settings
-from cxrlib.synthetic_unet import real_pairs, synthetic_unet
+from cxrlib.synthetic_unet import real_pairs, score_on_real, synthetic_unet
 
 
 def _model(args):
@@ -66,16 +65,6 @@ def _model(args):
                                  f"Dice {p['held_out_dice']:.3f})")
 
 
-def _scores(model, size, pairs) -> pd.DataFrame:
-    rows = []
-    for stem, image_path, mask_path in pairs:
-        image, truth = read_image(image_path), read_mask(mask_path)
-        pred = segment_images(model, [image], size)[0]
-        rows.append({"image": stem, "dice": dice_score(pred, truth),
-                     "iou": iou_score(pred, truth)})
-    return pd.DataFrame(rows)
-
-
 def _mean_sd(values: pd.Series) -> str:
     return f"{values.mean():.3f} ± {values.std():.3f}"
 
@@ -85,7 +74,7 @@ def real_mode(args) -> None:
     model, size, what = _model(args)
     prof = get_profile(args.profile)
     print(f"real images: {len(pairs)} from {args.real}; {what}, input {size} px")
-    before = _scores(model, size, pairs)
+    before = score_on_real(model, size, args.real)
     t = time.perf_counter()
     adaptation = adapt_unet(model, [read_image(p) for _, p, _ in pairs], size,
                             **adaptation_settings(prof), seed=args.seed)
@@ -94,9 +83,10 @@ def real_mode(args) -> None:
           f"of {p['batch_norm_layers']} layers, then {p['epochs']} self-training epoch(s) on "
           f"{p['n_targets']} pseudo-masks of plausibility >= {p['min_plausibility']:g} "
           f"({time.perf_counter() - t:.0f} s)")
-    after = _scores(adaptation.model, size, pairs)
-    table = before.merge(after, on="image", suffixes=("_synthetic", "_adapted"),
-                         validate="one_to_one")
+    after = score_on_real(adaptation.model, size, args.real)
+    keep = ["image", "dice", "iou"]
+    table = before[keep].merge(after[keep], on="image", suffixes=("_synthetic", "_adapted"),
+                               validate="one_to_one")
     table["image"] = table["image"].str[:40]
     print(table.to_string(index=False, float_format="%.3f"))
     print(f"synthetic U-Net: Dice {_mean_sd(before['dice'])}, IoU {_mean_sd(before['iou'])}")
@@ -109,7 +99,7 @@ def ablation_mode(args) -> None:
     from cxrlib.manifest import load_manifest
     from cxrlib.synthetic import generate_cohort
 
-    pairs = real_pairs(args.real)
+    real_pairs(args.real)  # fails early when the folder is incomplete
     prof = get_profile(args.profile)
     work = args.work
     cohort_dir = work / f"cohort_{args.preset}_{args.n_images}_{prof.synth_size}_s{args.seed}"
@@ -132,7 +122,7 @@ def ablation_mode(args) -> None:
         masks_dir = work / "ablation_masks"
         segment_manifest(fit.model, test, masks_dir, size=fit.params["size"], progress=False)
         held = score_masks(test, masks_dir, progress=False)["dice"].mean()
-        real = _scores(fit.model, fit.params["size"], pairs)["dice"]
+        real = score_on_real(fit.model, fit.params["size"], args.real)["dice"]
         rows.append({"variant": label, "held_out_synthetic_dice": held,
                      "real_dice": real.mean(), "real_dice_sd": real.std(),
                      "seconds": time.perf_counter() - t})

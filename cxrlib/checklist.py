@@ -200,8 +200,9 @@ def answer_flow(run: Path) -> Answer | None:
         out = df[df["outcome"].isin(["left out", "flagged"]) & (df["step"] != "06_gradcam")]
         reasons = _join([f"{r['reason']} ({int(r['images'])}, {r['step']})"
                          for _, r in out.iterrows()], 4)
-        return (f"{n_in} images in, {int(cls['images'].sum())} analysed by the classifiers; "
-                f"flagged or left out: {reasons or 'none'}")
+        analysed = (f", {int(cls['images'].sum())} analysed by the classifiers" if len(cls)
+                    else "")  # none when notebook 03 did not run
+        return f"{n_in} images in{analysed}; flagged or left out: {reasons or 'none'}"
     return per_cohort(run, "tables/flow.csv", say, ("tables/segmentation_qc.csv",))
 
 
@@ -264,10 +265,12 @@ def answer_preprocessing(run: Path) -> Answer | None:
         flagged = (int(qc.loc[qc["source"] == "total", "flagged"].sum()) if qc is not None
                    else 0)
         s = seg.iloc[0]
-        return (f"lung U-Net ({s['model']}, {int(s['n_train'])} training images at "
-                f"{int(s['size'])} px) segments every image, {flagged} fail its QC; views "
-                f"{_join(views)} at {int(runs['image_size'].iloc[0]) if runs is not None else '?'}"
-                " px feed the classifiers")
+        text = (f"lung U-Net ({s['model']}, {int(s['n_train'])} training images at "
+                f"{int(s['size'])} px) segments every image, {flagged} fail its QC")
+        if runs is None:  # notebook 03 did not run: no classifier input to describe
+            return text
+        return (f"{text}; views {_join(views)} at {int(runs['image_size'].iloc[0])} px feed the "
+                "classifiers")
     return per_cohort(run, "tables/segmentation_model.csv", say,
                       ("tables/segmentation_qc.csv", "artifacts/crossval_runs.csv",
                        "01_lung_segmentation.html"))

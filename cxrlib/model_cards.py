@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrlib.metrics import patient_bootstrap_weights
+
 CARDS_DIR = "model_cards"
 CI_FILE = "metrics_ci.csv"
 RESEARCH_ONLY = ("**Research use only.** Trained and evaluated to reproduce published studies; "
@@ -70,33 +72,26 @@ def _rates(hits: np.ndarray, support: np.ndarray) -> tuple[float, float]:
 
 
 def bootstrap_accuracy(labels, predicted, patients, n_boot: int = 500, seed: int = 0) -> dict:
-    """Accuracy and balanced accuracy with 95% percentile CIs from a patient bootstrap.
+    """Accuracy and balanced accuracy with 95% percentile CIs from a patient bootstrap
+    (:func:`cxrlib.metrics.patient_bootstrap_weights`: all rows of a drawn patient come along).
 
     Inputs: equal-length sequences of true labels, predicted labels and patient ids (one row per
-    prediction; all rows of a patient are drawn together). Returns ``accuracy``,
-    ``accuracy_ci_low``, ``accuracy_ci_high``, ``balanced_accuracy`` and its CI, ``n`` (rows) and
-    ``n_patients``. Works on per-patient counts, so memory does not grow with ``n_boot``.
+    prediction). Returns ``accuracy``, ``accuracy_ci_low``, ``accuracy_ci_high``,
+    ``balanced_accuracy`` and its CI, ``n`` (rows) and ``n_patients``.
     """
-    y = pd.Series(np.asarray(labels).astype(str))
-    hit = (y.to_numpy() == np.asarray(predicted).astype(str)).astype(float)
-    pid, _ = pd.factorize(np.asarray(patients))
-    classes, cls = np.unique(y.to_numpy(), return_inverse=True)
-    n_p, n_c = pid.max() + 1, len(classes)
-    support = np.zeros((n_p, n_c))
-    hits = np.zeros((n_p, n_c))
-    np.add.at(support, (pid, cls), 1.0)
-    np.add.at(hits, (pid, cls), hit)
-    rng = np.random.default_rng(seed)
-    boot = []
-    for _ in range(n_boot):
-        w = np.bincount(rng.integers(0, n_p, n_p), minlength=n_p).astype(float)
-        boot.append(_rates(w @ hits, w @ support))
-    acc, bacc = _rates(hits.sum(0), support.sum(0))
+    y = np.asarray(labels).astype(str)
+    hit = (y == np.asarray(predicted).astype(str)).astype(float)
+    classes, cls = np.unique(y, return_inverse=True)
+    onehot = np.eye(len(classes))[cls]  # (N, C)
+    acc, bacc = _rates(hit @ onehot, onehot.sum(0))
+    boot = [_rates(w @ (onehot * hit[:, None]), w @ onehot)
+            for w in patient_bootstrap_weights(patients, n_boot, seed)]
     lo, hi = (np.nanpercentile(np.asarray(boot), [2.5, 97.5], axis=0) if boot
               else ([np.nan] * 2, [np.nan] * 2))
     return {"accuracy": acc, "accuracy_ci_low": lo[0], "accuracy_ci_high": hi[0],
             "balanced_accuracy": bacc, "balanced_accuracy_ci_low": lo[1],
-            "balanced_accuracy_ci_high": hi[1], "n": len(y), "n_patients": int(n_p)}
+            "balanced_accuracy_ci_high": hi[1], "n": len(y),
+            "n_patients": int(pd.Series(np.asarray(patients)).nunique())}
 
 
 def metrics_with_ci(cohort_dir: Path, n_boot: int = 500, seed: int = 0) -> pd.DataFrame:

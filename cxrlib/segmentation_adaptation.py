@@ -36,7 +36,7 @@ from cxrlib.segmentation import (
 
 __all__ = ["reestimate_batchnorm", "pseudo_masks", "adapt_unet", "Adaptation",
            "ManifestImages", "adaptation_settings", "adapt_unet_to_manifest", "plausibility_figure",
-           "masks_before_after_figure", "adaptation_text",
+           "most_changed", "masks_before_after_figure", "adaptation_text",
            "SELECTION_LUNG_FRACTION"]
 
 #: The lung-fraction floor used when scoring pseudo-masks for selection: the lowest share under
@@ -235,6 +235,14 @@ def plausibility_figure(report: pd.DataFrame, min_plausibility: float):
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
+
+
+def most_changed(report: pd.DataFrame, n: int = 6) -> np.ndarray:
+    """Positions (in the corpus order of ``report``, :func:`adapt_unet`) of the ``n`` images whose
+    mask plausibility changed most with the adaptation (images outside the sample last)."""
+    change = (report["plausibility_after"] - report["plausibility_before"]).abs()
+    order = change.sort_values(ascending=False, na_position="last", kind="stable").index
+    return report.loc[order[:n], "index"].to_numpy()
 
 
 def masks_before_after_figure(images: list[np.ndarray], titles: list[str], before: UNet,

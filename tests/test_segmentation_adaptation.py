@@ -10,7 +10,8 @@ from cxrlib.models.unet import UNet
 from cxrlib.segmentation import prepare_unet_input
 from cxrlib.segmentation_adaptation import (
     ManifestImages, adapt_unet, adapt_unet_to_manifest, adaptation_settings, adaptation_text,
-    masks_before_after_figure, plausibility_figure, pseudo_masks, reestimate_batchnorm,
+    masks_before_after_figure, most_changed, plausibility_figure, pseudo_masks,
+    reestimate_batchnorm,
 )
 from cxrlib.synthetic import generate_cohort
 
@@ -149,3 +150,10 @@ def test_profile_settings_and_figures(cohort):
     with pytest.raises(ValueError, match="no images"):
         masks_before_after_figure([], [], _unet(), _unet(), 32)
     assert isinstance(result.report, pd.DataFrame)
+
+
+def test_most_changed_orders_by_plausibility_change():
+    report = pd.DataFrame({"index": range(5), "plausibility_before": [0.2, 1.0, np.nan, 0.5, 0.9],
+                           "plausibility_after": [0.9, 1.0, np.nan, 0.4, 0.3]})
+    assert list(most_changed(report, 3)) == [0, 4, 3]
+    assert list(most_changed(report, 5))[-1] == 2  # outside the sample: last
