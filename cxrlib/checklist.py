@@ -476,12 +476,11 @@ def answer_heterogeneity(run: Path) -> Answer | None:
 
 
 def answer_imbalance(run: Path) -> Answer | None:
-    from cxrlib.cv_report import FAST_ARIAS_RECIPE
     from cxrlib.training import get_recipe
 
     def weights(method):
         try:
-            r = FAST_ARIAS_RECIPE if method == FAST_ARIAS_RECIPE.name else get_recipe(method)
+            r = get_recipe(method)
         except ValueError:
             return f"{method}: not known"
         return f"{method}: class weights {r.class_weight or 'none'}"

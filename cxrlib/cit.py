@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from cxrlib.cv_report import CIT_PAPER_METHODS, classifier_setup
+from cxrlib.cv_report import CIT_PAPER_METHODS, classifier_setup, recipe_for
 from cxrlib.models.cit import CiTGenerator
 from cxrlib.models.classifiers import (
     IMAGENET_MEAN, IMAGENET_STD, WIDTH_SCALABLE, build_classifier, find_imagenet_weights,
@@ -60,7 +60,7 @@ from cxrlib.predictions import (
 from cxrlib.run_folder import upsert_row
 from cxrlib.splits import check_split_plan, fold_split
 from cxrlib.training import (
-    TrainingRecipe, default_device, get_recipe, load_images, predict, train_classifier,
+    TrainingRecipe, default_device, load_images, predict, train_classifier,
 )
 
 __all__ = [
@@ -643,9 +643,10 @@ class CiTSetup:
 
     Attributes
     ----------
-    recipe : the CiT recipe (``fucitnet2020`` at the paper profile, ``fucitnet-fast`` below).
-    cit_classifier : (model name, width, weights) of the CiT classifier (ResNet-18 from
-        ImageNet in the paper; the profile's binary model below).
+    recipe : the CiT recipe (``profile.cit_recipe``: ``fucitnet2020`` as in the paper,
+        ``fucitnet-fast`` on a CPU).
+    cit_classifier : (model name, width, weights) of the CiT classifier
+        (``profile.cit_classifier``: ResNet-18 from ImageNet in the paper).
     sdnet : (model name, training recipe) of COVID-SDNet's 4-class network.
     sdnet_width : its width (width-scalable models only).
     generator_width : channel multiplier of the generators and the perceptual VGG16.
@@ -662,16 +663,14 @@ class CiTSetup:
     @classmethod
     def from_profile(cls, profile) -> "CiTSetup":
         base = classifier_setup(profile)
-        if profile.name == "paper":
-            recipe = CIT_RECIPES["fucitnet2020"].with_overrides(epochs=profile.cit_epochs)
-            cit_classifier = ("resnet18", 1.0, "imagenet")
-            sdnet = ("resnet50", get_recipe("tabik2020"))
-        else:
-            recipe = CIT_RECIPES["fucitnet-fast"].with_overrides(
-                epochs=profile.cit_epochs, batch_size=profile.batch_size)
-            name = base.binary[0]
-            cit_classifier = (name, base.width if name in WIDTH_SCALABLE else 1.0, None)
-            sdnet = (name, base.binary[1].with_overrides(
+        recipe = CIT_RECIPES[profile.cit_recipe].with_overrides(epochs=profile.cit_epochs)
+        name = profile.cit_classifier
+        cit_classifier = (name, base.width if name in WIDTH_SCALABLE else 1.0,
+                          profile.cit_classifier_weights or None)
+        sdnet = (profile.sdnet_model, recipe_for(profile.sdnet_model, base.covidnet[1]))
+        if not profile.paper_schedules:
+            recipe = recipe.with_overrides(batch_size=profile.batch_size)
+            sdnet = (sdnet[0], sdnet[1].with_overrides(
                 epochs=profile.cit_epochs, batch_size=profile.batch_size, augmentation=None,
                 augment_classes=None))
         width = base.width if sdnet[0] in WIDTH_SCALABLE else 1.0

@@ -29,21 +29,15 @@ from cxrlib import paper_tables
 from cxrlib.manifest import SEVERITIES
 from cxrlib.predictions import MODEL_KEY, RUN_KEY
 from cxrlib.profiles import Profile
-from cxrlib.training import TrainingRecipe, get_recipe
+from cxrlib.training import DEFAULT_RECIPE, TrainingRecipe, get_recipe
 
 __all__ = [
-    "FAST_ARIAS_RECIPE", "ClassifierSetup", "classifier_setup", "read_views", "without_severity",
+    "ClassifierSetup", "classifier_setup", "recipe_for", "read_views", "without_severity",
     "severity_accuracy", "table4_beside_paper", "global_beside_paper", "binary_metrics",
     "binary_beside_paper", "cit_rows", "CIT_PAPER_METHODS", "severity_beside_paper",
     "init_sentence", "compare_experiments", "plot_mean_roc",
     "plot_confusion_matrices", "plot_training_curves",
 ]
-
-#: Seed 001's recipe with a learning rate that learns within a few CPU epochs (Adam 1e-3 instead
-#: of 2e-5) and batch-norm statistics recomputed before each validation.
-FAST_ARIAS_RECIPE = get_recipe("arias2020").with_overrides(
-    name="arias2020-fast", lr=1e-3, precise_bn_batches=8,
-    source="seed 001's recipe with Adam 1e-3 (not 2e-5) and precise batch-norm statistics")
 
 #: Notebook 02's models (``cxrlib.cit``) and their names in seed 000's Tables 5 and 7.
 CIT_PAPER_METHODS = {"fucitnet": "FuCiTNet", "covid-sdnet": "COVID-SDNet"}
@@ -62,8 +56,8 @@ class ClassifierSetup:
     binary : (model, recipe) of seed 000's binary experiments.
     folds : fold numbers of the split plan to train (the first ``profile.cls_folds``).
     width : channel multiplier of the width-scalable networks.
-    overrides : ``epochs`` / ``batch_size`` for :func:`cxrlib.crossval.run_crossval` (empty at
-        the paper profile, where every recipe keeps its paper's values).
+    overrides : ``epochs`` / ``batch_size`` for :func:`cxrlib.crossval.run_crossval` (empty with
+        ``profile.paper_schedules``, where every recipe keeps its paper's values).
     """
 
     covidnet: tuple[str, TrainingRecipe]
@@ -78,15 +72,22 @@ def classifier_setup(profile: Profile) -> ClassifierSetup:
     if profile.cls_folds < 1:
         raise ValueError(f"profile {profile.name!r}: cls_folds must be >= 1, "
                          f"got {profile.cls_folds}")
-    covid_recipe = FAST_ARIAS_RECIPE if profile.cls_fast_recipe else get_recipe("arias2020")
+    covid_recipe = get_recipe(profile.cls_recipe)
     binary_model = profile.cls_binary_model
-    binary_recipe = covid_recipe if binary_model == "covidnet" else get_recipe("tabik2020")
-    overrides = {} if profile.name == "paper" else \
+    overrides = {} if profile.paper_schedules else \
         {"epochs": profile.epochs, "batch_size": profile.batch_size}
     return ClassifierSetup(
-        covidnet=("covidnet", covid_recipe), binary=(binary_model, binary_recipe),
+        covidnet=("covidnet", covid_recipe),
+        binary=(binary_model, recipe_for(binary_model, covid_recipe)),
         folds=list(range(min(profile.cls_folds, profile.folds))), width=profile.cls_width,
         overrides=overrides)
+
+
+def recipe_for(model: str, covidnet_recipe: TrainingRecipe) -> TrainingRecipe:
+    """The recipe a model of the binary experiments trains with: COVID-Net keeps the profile's
+    COVID-Net recipe (``covidnet_recipe``), any other network its paper's
+    (:data:`cxrlib.training.DEFAULT_RECIPE`)."""
+    return covidnet_recipe if model == "covidnet" else get_recipe(DEFAULT_RECIPE[model])
 
 
 def read_views(

@@ -182,11 +182,10 @@ def families(cohort_dir: Path) -> pd.DataFrame:
 
 def recipe_text(method: str) -> str:
     """The training recipe called ``method``: its source sentence and main settings."""
-    from cxrlib.cv_report import FAST_ARIAS_RECIPE
     from cxrlib.training import get_recipe
 
     try:
-        recipe = FAST_ARIAS_RECIPE if method == FAST_ARIAS_RECIPE.name else get_recipe(method)
+        recipe = get_recipe(method)
     except ValueError:
         return f"`{method}`"
     return (f"`{recipe.name}`: {recipe.source}. Optimiser {recipe.optimizer}, learning rate "

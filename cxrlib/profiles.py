@@ -55,8 +55,13 @@ class Profile:
     cls_width : channel multiplier of the from-scratch classifiers of notebook 03 (COVID-Net).
     cls_folds : how many folds of the split plan notebook 03 trains (the first ones; at most
         ``folds``), so that its CPU time fits the profile.
-    cls_fast_recipe : train COVID-Net with ``arias2020-fast`` (Adam 1e-3, precise batch-norm
-        statistics) instead of the paper's Adam 2e-5, which learns almost nothing in a few epochs.
+    cls_recipe : the training recipe of COVID-Net (:data:`cxrlib.training.RECIPES`):
+        ``arias2020`` (the paper's Adam 2e-5, which learns almost nothing in a few epochs) or
+        ``arias2020-fast`` (Adam 1e-3, precise batch-norm statistics).
+    paper_schedules : every training keeps its paper's epochs, batch size and augmentation
+        (True), or takes the profile's ``epochs`` (``cit_epochs`` in notebook 02) and
+        ``batch_size``, with COVID-SDNet's network trained without augmentation (False: the
+        CPU profiles).
     cls_binary_model : the network of seed 000's binary experiments (``resnet50`` in the paper).
     cls_extra_seeds : also run seed 002 (VGG16, original vs equalised) and seed 004 (frozen
         ImageNet backbone) in notebook 03.
@@ -67,6 +72,16 @@ class Profile:
     cam_road_percentiles : the percentiles of the map at which ROAD removes pixels (the ROAD
         paper and ``pytorch_grad_cam``'s ``ROADCombined`` use 10, 20, ..., 90; each costs one
         imputation per image).
+    cit_recipe : the recipe of notebook 02's transformations (:data:`cxrlib.cit.CIT_RECIPES`):
+        ``fucitnet2020`` (the paper's) or ``fucitnet-fast`` (randomly initialised generators
+        that approach the identity within a few CPU epochs).
+    cit_classifier : the CiT classifier's network (ResNet-18 in seed 000).
+    cit_classifier_weights : its initial weights: ``imagenet`` (a local file,
+        :mod:`cxrlib.models`) or ``""`` (random).
+    sdnet_model : the network of COVID-SDNet's 4-class classifier (ResNet-50 in seed 000; its
+        recipe follows the model as for ``cls_binary_model``).
+    probe_size : side of notebook 04's shortcut probes' images, px.
+    probe_epochs : COVID-Net epochs of each shortcut probe.
     cit_width : channel multiplier of notebook 02's class-inherent-transformation generators and
         of its randomly initialised perceptual VGG16 (1.0: the paper's 64 maps and VGG16, which
         alone can load ImageNet weights).
@@ -101,7 +116,7 @@ class Profile:
     tsne_max_points: int
     cls_width: float
     cls_folds: int
-    cls_fast_recipe: bool
+    cls_recipe: str
     cls_binary_model: str
     cls_extra_seeds: bool
     cam_max_images: int
@@ -109,6 +124,13 @@ class Profile:
     cit_width: float
     cam_road_percentiles: tuple[int, ...]
     cell_timeout_s: int
+    paper_schedules: bool
+    cit_recipe: str
+    cit_classifier: str
+    cit_classifier_weights: str
+    sdnet_model: str
+    probe_size: int
+    probe_epochs: int
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -132,11 +154,13 @@ PROFILES: dict[str, Profile] = {
         seg_adapt_max_images=64, seg_adapt_min_plausibility=0.9,
         epochs=1, cit_epochs=1, folds=2, repetitions=1, width=0.25,
         batch_size=16, bootstrap=50, tsne_max_points=200,
-        cls_width=0.25, cls_folds=2, cls_fast_recipe=True, cls_binary_model="covidnet",
+        cls_width=0.25, cls_folds=2, cls_recipe="arias2020-fast", cls_binary_model="covidnet",
         cls_extra_seeds=True,
         cam_max_images=24, cam_road_images=3,
         cit_width=0.125, cam_road_percentiles=(25, 50, 75),
         cell_timeout_s=600,
+        paper_schedules=False, cit_recipe="fucitnet-fast", cit_classifier="covidnet",
+        cit_classifier_weights="", sdnet_model="covidnet", probe_size=64, probe_epochs=1,
     ),
     "default": Profile(
         name="default", n_arias=1200, n_covidgr=400, synth_size=256, image_size=128, seg_size=128,
@@ -145,11 +169,13 @@ PROFILES: dict[str, Profile] = {
         seg_adapt_max_images=600, seg_adapt_min_plausibility=0.9,
         epochs=6, cit_epochs=3, folds=5, repetitions=1, width=0.5,
         batch_size=32, bootstrap=500, tsne_max_points=2000,
-        cls_width=0.25, cls_folds=2, cls_fast_recipe=True, cls_binary_model="covidnet",
+        cls_width=0.25, cls_folds=2, cls_recipe="arias2020-fast", cls_binary_model="covidnet",
         cls_extra_seeds=False,
         cam_max_images=150, cam_road_images=8,
         cit_width=0.125, cam_road_percentiles=(25, 50, 75),
         cell_timeout_s=3600,
+        paper_schedules=False, cit_recipe="fucitnet-fast", cit_classifier="covidnet",
+        cit_classifier_weights="", sdnet_model="covidnet", probe_size=64, probe_epochs=3,
     ),
     "paper": Profile(
         name="paper", n_arias=8000, n_covidgr=852, synth_size=1024, image_size=224, seg_size=256,
@@ -158,11 +184,14 @@ PROFILES: dict[str, Profile] = {
         seg_adapt_max_images=5000, seg_adapt_min_plausibility=0.9,
         epochs=24, cit_epochs=30, folds=5, repetitions=5, width=1.0,
         batch_size=32, bootstrap=2000, tsne_max_points=10000,
-        cls_width=1.0, cls_folds=5, cls_fast_recipe=False, cls_binary_model="resnet50",
+        cls_width=1.0, cls_folds=5, cls_recipe="arias2020", cls_binary_model="resnet50",
         cls_extra_seeds=True,
         cam_max_images=600, cam_road_images=100,
         cit_width=1.0, cam_road_percentiles=(10, 20, 30, 40, 50, 60, 70, 80, 90),
         cell_timeout_s=86400,
+        paper_schedules=True, cit_recipe="fucitnet2020", cit_classifier="resnet18",
+        cit_classifier_weights="imagenet", sdnet_model="resnet50", probe_size=224,
+        probe_epochs=24,
     ),
 }
 

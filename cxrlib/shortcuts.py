@@ -29,8 +29,8 @@ validation are multinomial logistic regressions (scikit-learn) on fixed image fe
 (:func:`image_features`: an 8 x 8 grid of mean intensities, the intensity histogram and
 quantiles of the pixels not blacked out, the share blacked out, the edge energy), with
 out-of-fold predictions from 5-fold cross-validation grouped by patient; the COVID-Net runs only
-the lungs-removed control and the per-projection retraining, at :data:`PROBE_SIZE` px, on one
-fold, for a few epochs (:func:`probe_settings`).
+the lungs-removed control and the per-projection retraining, at the profile's ``probe_size`` px,
+on one fold, for ``probe_epochs`` (:func:`probe_settings`).
 """
 from __future__ import annotations
 
@@ -58,15 +58,13 @@ from cxrlib.training import load_images, prepare_images
 from cxrlib.views import mask_file_name
 
 __all__ = [
-    "PROBE_SIZE", "MASKED_VIEWS", "VERDICT_MARGIN", "MIN_EXTERNAL_PATIENTS", "ProbeSettings",
+    "MASKED_VIEWS", "VERDICT_MARGIN", "MIN_EXTERNAL_PATIENTS", "ProbeSettings",
     "probe_settings", "dilate_mask", "mask_paths", "masked_views", "image_features",
     "probe_predictions", "balanced_accuracy_ci", "run_probes", "QUESTIONS", "verdicts",
     "cnn_probes", "external_validation", "projection_retrain_problem",
     "projections_not_retrained", "retrain_by_projection",
 ]
 
-#: Side (px) of the probes' images: small, so that the probes fit the CPU budget.
-PROBE_SIZE = 64
 #: The three masked views: the image, the image with the lungs blacked out, the lungs alone.
 MASKED_VIEWS = ("full", "no_lungs", "lungs_only")
 #: Verdict rule, fixed before any result was seen: "yes" when the lower 95% CI bound of the
@@ -88,8 +86,9 @@ class ProbeSettings:
 
     Attributes
     ----------
-    image_size : side of the probes' images, px (``min(PROBE_SIZE, profile.image_size)``).
-    epochs : COVID-Net epochs (``min(profile.epochs, 3)``).
+    image_size : side of the probes' images, px (``min(profile.probe_size,
+        profile.image_size)``).
+    epochs : COVID-Net epochs (``profile.probe_epochs``).
     dilation : lung-mask dilation radius, as a fraction of the image side (0.04: 2.5 px at 64).
     n_boot : bootstrap resamples (``profile.bootstrap``).
     n_splits : folds of the logistic probes' cross-validation.
@@ -106,13 +105,10 @@ class ProbeSettings:
 
 
 def probe_settings(profile: Profile) -> ProbeSettings:
-    """The :class:`ProbeSettings` of a profile: the CPU shortcuts of the attributes, except at
-    the ``paper`` profile (GPU), which probes at its own image size and epochs."""
-    if profile.name == "paper":
-        return ProbeSettings(image_size=profile.image_size, epochs=profile.epochs,
-                             n_boot=profile.bootstrap)
-    return ProbeSettings(image_size=min(PROBE_SIZE, profile.image_size),
-                         epochs=min(profile.epochs, 3), n_boot=profile.bootstrap)
+    """The :class:`ProbeSettings` of a profile (its ``probe_size``, at most its ``image_size``,
+    ``probe_epochs`` and ``bootstrap``)."""
+    return ProbeSettings(image_size=min(profile.probe_size, profile.image_size),
+                         epochs=profile.probe_epochs, n_boot=profile.bootstrap)
 
 
 # --------------------------------------------------------------------------------------------

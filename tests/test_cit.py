@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from cxrlib import cit
-from cxrlib.cv_report import FAST_ARIAS_RECIPE
 from cxrlib.models.cit import CiTGenerator, ResidualBlock
 from cxrlib.predictions import read_predictions
 from cxrlib.splits import make_split_plan
+from cxrlib.training import get_recipe
 from tests.conftest import write_tiny_cohort
 
 
@@ -220,7 +220,7 @@ def tiny_binary(tmp_path):
     setup = cit.CiTSetup(
         recipe=cit.CIT_RECIPES["fucitnet-fast"].with_overrides(epochs=2, batch_size=4),
         cit_classifier=("covidnet", 0.125, None),
-        sdnet=("covidnet", FAST_ARIAS_RECIPE.with_overrides(epochs=1, batch_size=4,
+        sdnet=("covidnet", get_recipe("arias2020-fast").with_overrides(epochs=1, batch_size=4,
                                                             augmentation=None)),
         sdnet_width=0.125, generator_width=0.0625, folds=[0, 1])
     return df, views, plan, setup, tmp_path / "artifacts"
@@ -277,3 +277,24 @@ def test_run_cit_crossval_rejects_bad_input(tiny_binary):
     three = df.assign(label=np.where(df.index % 5 == 0, "pneumonia", df["label"]))
     with pytest.raises(ValueError, match="binary control / covid19"):
         cit.run_cit_crossval(views, three, plan, artifacts, setup, image_size=32)
+
+
+def test_cit_setup_follows_profile_fields_not_the_profile_name():
+    from cxrlib.profiles import get_profile
+
+    paper = get_profile("paper")
+    setup = cit.CiTSetup.from_profile(paper)
+    assert setup.recipe.name == "fucitnet2020" and setup.recipe.epochs == paper.cit_epochs
+    assert setup.recipe.batch_size == cit.CIT_RECIPES["fucitnet2020"].batch_size
+    assert setup.cit_classifier == ("resnet18", 1.0, "imagenet")
+    assert setup.sdnet[0] == "resnet50" and setup.sdnet[1] == get_recipe("tabik2020")
+    # a profile under another name with the paper's fields trains exactly as the paper profile
+    assert cit.CiTSetup.from_profile(paper.with_overrides(name="cluster")) == setup
+    smoke = cit.CiTSetup.from_profile(get_profile("smoke"))
+    assert smoke.recipe.name == "fucitnet-fast" and smoke.recipe.batch_size == 16
+    assert smoke.cit_classifier == ("covidnet", 0.25, None)
+    assert (smoke.sdnet[1].name, smoke.sdnet[1].epochs, smoke.sdnet[1].augmentation) == (
+        "arias2020-fast", 1, None)
+    # the paper's schedules on a CPU profile: the recipes keep their epochs and augmentation
+    kept = cit.CiTSetup.from_profile(get_profile("smoke", {"paper_schedules": True}))
+    assert kept.sdnet[1] == get_recipe("arias2020-fast")

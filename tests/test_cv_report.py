@@ -99,6 +99,11 @@ def test_classifier_setup_per_profile():
     assert paper.covidnet[1].name == "arias2020" and paper.overrides == {}
     assert paper.binary[0] == "resnet50" and paper.binary[1].name == "tabik2020"
     assert paper.folds == [0, 1, 2, 3, 4]
+    # no branch on the name: a renamed copy of a profile trains the same way
+    renamed = get_profile("paper").with_overrides(name="cluster")
+    assert cv_report.classifier_setup(renamed) == paper
+    vgg = cv_report.classifier_setup(get_profile("smoke", {"cls_binary_model": "vgg16"}))
+    assert vgg.binary[1].name == "civit2020"  # the model's own paper's recipe
 
 
 def test_table4_beside_paper_reads_published_numbers():

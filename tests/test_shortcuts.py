@@ -134,6 +134,9 @@ def test_probe_settings_per_profile():
     assert (smoke.image_size, smoke.epochs) == (64, 1)
     assert (default.image_size, default.epochs, default.n_boot) == (64, 3, 500)
     assert (paper.image_size, paper.epochs) == (224, 24)
+    custom = shortcuts.probe_settings(get_profile("paper").with_overrides(name="cluster",
+                                                                          probe_size=512))
+    assert (custom.image_size, custom.epochs) == (224, 24)  # never above the image size
 
 
 def test_verdicts_against_truth_by_hand():
