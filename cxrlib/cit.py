@@ -60,7 +60,7 @@ from cxrlib.predictions import (
 from cxrlib.run_folder import upsert_row
 from cxrlib.splits import check_split_plan, fold_split
 from cxrlib.training import (
-    TrainingRecipe, default_device, load_images, predict, train_classifier,
+    TrainingRecipe, default_device, load_images, precise_batchnorm, predict, train_classifier,
 )
 
 __all__ = [
@@ -407,17 +407,15 @@ class TrainedCiT:
 @torch.no_grad()
 def _refresh_batchnorm(generators: nn.ModuleList, classifier: nn.Module, x: torch.Tensor,
                        y: torch.Tensor, batch_size: int, n_batches: int, device) -> None:
-    """Precise batch-norm statistics (PyTorch's ``swa_utils.update_bn``, a plain average over
-    batches) for each generator from its class's images, then for the classifier from the
-    transformed images, using at most ``n_batches`` batches of ``x`` (B, 1, S, S), shuffled.
+    """Precise batch-norm statistics (:func:`cxrlib.training.precise_batchnorm`) for each
+    generator from its class's images, then for the classifier from the transformed images,
+    using at most ``n_batches`` batches of ``x`` (B, 1, S, S), shuffled.
 
     The classifier trained on batches that mix the classes (each image through its own class's
     generator), so its statistics are taken on such batches too, in ``x``'s order: batches of
     one class would miss the variance between the classes. A generator with no image of its class
-    here keeps the statistics it trained with (``update_bn`` would otherwise leave them reset).
+    here keeps the statistics it trained with.
     """
-    from torch.optim.swa_utils import update_bn
-
     x, y = x[: n_batches * batch_size], y[: n_batches * batch_size]
     transformed = torch.empty_like(x)  # each image through its own class's generator
     for k, g in enumerate(generators):
@@ -425,11 +423,12 @@ def _refresh_batchnorm(generators: nn.ModuleList, classifier: nn.Module, x: torc
         if len(own) == 0:
             continue
         batches = [x[own[i:i + batch_size]] for i in range(0, len(own), batch_size)]
-        update_bn(batches, g, device=device)
+        precise_batchnorm(g, batches, device=device)
         g.eval()
         transformed[own] = torch.cat([g(b.to(device)).cpu() for b in batches])
     mixed = [transformed[i:i + batch_size] for i in range(0, len(x), batch_size)]
-    update_bn([to_network_input(b) for b in mixed if len(b) > 1], classifier, device=device)
+    precise_batchnorm(classifier, [to_network_input(b) for b in mixed if len(b) > 1],
+                      device=device)
 
 
 @torch.no_grad()
@@ -589,7 +588,7 @@ def sdnet_dataset(transformed: np.ndarray, labels: np.ndarray) -> tuple[np.ndarr
             np.concatenate([plus, minus]).astype(np.int64))
 
 
-def _check_pair(theta: np.ndarray, psi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check_sdnet_pair(theta: np.ndarray, psi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     theta, psi = np.asarray(theta, dtype=float), np.asarray(psi, dtype=float)
     if theta.ndim != 2 or theta.shape[1] != 4 or theta.shape != psi.shape:
         raise ValueError(f"theta and psi must both be (N, 4) probabilities over {SDNET_CLASSES}, "
@@ -610,7 +609,7 @@ def sdnet_fusion(theta: np.ndarray, psi: np.ndarray) -> np.ndarray:
     ``max(theta_N+, theta_N-, psi_N+, psi_N-) > max(theta_P+, theta_P-, psi_P+, psi_P-)``,
     positive otherwise (ties go to positive).
     """
-    theta, psi = _check_pair(theta, psi)
+    theta, psi = _check_sdnet_pair(theta, psi)
     top_theta, top_psi = theta.argmax(axis=1), psi.argmax(axis=1)
     rule_a = (top_theta == SDNET_CLASSES.index("N+")) & (top_psi == SDNET_CLASSES.index("N-"))
     rule_b = (top_theta == SDNET_CLASSES.index("P+")) & (top_psi == SDNET_CLASSES.index("P-"))
@@ -626,7 +625,7 @@ def sdnet_probabilities(theta: np.ndarray, psi: np.ndarray) -> np.ndarray:
     rule (c) of :func:`sdnet_fusion` is their comparison, and rules (a)/(b) agree with it
     except on exact ties (the fused decision itself is :func:`sdnet_fusion`).
     """
-    theta, psi = _check_pair(theta, psi)
+    theta, psi = _check_sdnet_pair(theta, psi)
     largest_p = np.maximum(theta[:, :2].max(axis=1), psi[:, :2].max(axis=1))
     largest_n = np.maximum(theta[:, 2:].max(axis=1), psi[:, 2:].max(axis=1))
     scores = np.clip(np.stack([largest_n, largest_p], axis=1), 1e-12, None)

@@ -45,18 +45,17 @@ from pytorch_grad_cam.metrics.road import ROADCombined
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import (ClassifierOutputSoftmaxTarget,
                                                   ClassifierOutputTarget)
-from scipy import ndimage
 from tqdm.auto import tqdm
 
 from cxrlib.images import read_image, read_mask
 from cxrlib.models.classifiers import IMAGENET_MEAN, IMAGENET_STD, load_classifier
 from cxrlib.predictions import RUN_KEY, artifact_stem, classes_of
 from cxrlib.training import load_images
-from cxrlib.views import (VARIANTS, Box, crop_to_box, mask_file_name, rect_roi_box,
+from cxrlib.views import (VARIANTS, Box, crop_to_box, dilate_mask, mask_file_name, rect_roi_box,
                           resize_image, sdnet_box, square_roi_box)
 
 __all__ = [
-    "dilate_mask", "energy_share", "pointing_game", "to_input_tensor", "grad_cam", "road_scores",
+    "energy_share", "pointing_game", "to_input_tensor", "grad_cam", "road_scores",
     "view_box", "cam_to_box", "cam_to_image_frame", "load_fold_model", "stratified_image_ids",
     "oof_cams", "score_cams", "summarize_localisation", "summarize_faithfulness",
     "compare_outside_energy", "compare_cohorts", "confident_outcomes", "cam_overlay",
@@ -68,7 +67,7 @@ __all__ = [
 # Scores on plain arrays
 
 
-def _check_pair(cam: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check_cam_and_mask(cam: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cam = np.asarray(cam, dtype=np.float64)
     mask = np.asarray(mask, dtype=bool)
     if cam.ndim != 2:
@@ -83,20 +82,6 @@ def _check_pair(cam: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return cam, mask
 
 
-def dilate_mask(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Grow a bool mask (H, W) by ``radius`` pixels with a (2 radius + 1)-pixel square (the 5x5
-    kernel of seed 001's exp3 is ``radius=2``). ``radius=0`` returns the mask unchanged."""
-    mask = np.asarray(mask, dtype=bool)
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be a 2-D array (H, W), got shape {mask.shape}")
-    radius = int(radius)
-    if radius < 0:
-        raise ValueError(f"radius must be >= 0 pixels, got {radius}")
-    if radius == 0:
-        return mask.copy()
-    return ndimage.binary_dilation(mask, structure=np.ones((2 * radius + 1,) * 2, dtype=bool))
-
-
 def energy_share(cam: np.ndarray, mask: np.ndarray, dilation: int = 0) -> float:
     """Share of a CAM's mass inside a mask: ``cam[mask].sum() / cam.sum()``.
 
@@ -104,13 +89,13 @@ def energy_share(cam: np.ndarray, mask: np.ndarray, dilation: int = 0) -> float:
     ----------
     cam : float (H, W), non-negative.
     mask : bool (H, W), same shape.
-    dilation : grow the mask by this many pixels first (:func:`dilate_mask`).
+    dilation : grow the mask by this many pixels first (:func:`cxrlib.views.dilate_mask`, square).
 
     Returns
     -------
     float in [0, 1]; NaN when the CAM is zero everywhere (nothing to share).
     """
-    cam, mask = _check_pair(cam, mask)
+    cam, mask = _check_cam_and_mask(cam, mask)
     total = cam.sum()
     if total <= 0:
         return float("nan")
@@ -131,7 +116,7 @@ def pointing_game(cam: np.ndarray, mask: np.ndarray, dilation: int = 0) -> float
     1.0 for a hit, 0.0 for a miss, NaN when the CAM is zero everywhere. When several pixels share
     the maximum (a plateau), the hit is decided by the fraction of them inside (>= 0.5 is a hit).
     """
-    cam, mask = _check_pair(cam, mask)
+    cam, mask = _check_cam_and_mask(cam, mask)
     top = cam.max()
     if top <= 0:
         return float("nan")

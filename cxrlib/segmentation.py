@@ -54,6 +54,7 @@ from cxrlib.lung_plausibility import QC_COLUMNS, RULE_COLUMNS, RULES, plausibili
 from cxrlib.models.unet import UNet
 from cxrlib.profiles import Profile, get_profile
 from cxrlib.splits import split_groups
+from cxrlib.training import default_device
 from cxrlib.views import _equalize_hist, mask_file_name, resize_image, resize_mask
 
 __all__ = [
@@ -248,12 +249,6 @@ def _batch_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return dice.mean()
 
 
-def _default_device(device) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 # --------------------------------------------------------------------------------------------
 # Training
 
@@ -324,7 +319,7 @@ def train_unet(
         raise ValueError(f"schedule must be 'one_cycle' or 'constant', got {schedule!r}")
 
     set_seed(seed, reproducible=True)
-    device = _default_device(device)
+    device = default_device(device)
     train_ds = _LungDataset(train_images, train_masks, augment=augment,
                             randomise=domain_randomisation, seed=seed)
     valid_ds = _LungDataset(valid_images, valid_masks, augment=False)
@@ -562,7 +557,7 @@ def predict_lung_probability(
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 3:
         raise ValueError(f"images must be (N, S, S), got shape {images.shape}")
-    device = _default_device(device)
+    device = default_device(device)
     if device.type == "cpu":
         batch_size = min(batch_size, _cpu_batch_limit(model, images.shape[1:]))
     # channels-last convolutions are ~1.6x faster on CPU; the numbers are the same
@@ -745,7 +740,7 @@ def segment_manifest(
 # Scores
 
 
-def _check_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check_mask_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pred, truth = np.asarray(pred), np.asarray(truth)
     if pred.shape != truth.shape:
         raise ValueError(f"masks differ in shape: predicted {pred.shape}, true {truth.shape}")
@@ -754,14 +749,14 @@ def _check_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
     """Dice coefficient ``2 |P & T| / (|P| + |T|)`` of two bool masks; 1.0 when both are empty."""
-    pred, truth = _check_pair(pred, truth)
+    pred, truth = _check_mask_pair(pred, truth)
     total = int(pred.sum()) + int(truth.sum())
     return 1.0 if total == 0 else 2.0 * int((pred & truth).sum()) / total
 
 
 def iou_score(pred: np.ndarray, truth: np.ndarray) -> float:
     """Intersection over union ``|P & T| / |P | T|`` of two bool masks; 1.0 when both are empty."""
-    pred, truth = _check_pair(pred, truth)
+    pred, truth = _check_mask_pair(pred, truth)
     union = int((pred | truth).sum())
     return 1.0 if union == 0 else int((pred & truth).sum()) / union
 

@@ -30,6 +30,7 @@ from cxrlib.images import read_image
 from cxrlib.lung_plausibility import plausibility
 from cxrlib.models.unet import UNet
 from cxrlib.profiles import Profile, get_profile
+from cxrlib.training import precise_batchnorm
 from cxrlib.segmentation import (
     postprocess_mask, predict_lung_probability, prepare_unet_input, segment_images, train_unet,
 )
@@ -49,27 +50,16 @@ def reestimate_batchnorm(model: UNet, images: np.ndarray, batch_size: int = 32) 
     """A copy of ``model`` whose batch-norm running statistics are those of ``images``.
 
     ``images``: float32 (N, S, S) prepared by :func:`cxrlib.segmentation.prepare_unet_input`.
-    Each layer's statistics are the exact average over all batches (momentum None), computed in
-    inference mode; the weights are unchanged. A model without batch normalisation is returned
-    as an unchanged copy.
+    Each layer's statistics are the exact average over all batches
+    (:func:`cxrlib.training.precise_batchnorm`); the weights are unchanged. A model without
+    batch normalisation is returned as an unchanged copy.
     """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 3 or len(images) == 0:
         raise ValueError(f"images must be a non-empty (N, S, S) array, got shape {images.shape}")
     adapted = copy.deepcopy(model).cpu().eval()
-    norms = [m for m in adapted.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return adapted
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches
-        m.train()
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            adapted(torch.from_numpy(images[start:start + batch_size, None]))
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
+    precise_batchnorm(adapted, [torch.from_numpy(images[start:start + batch_size, None])
+                                for start in range(0, len(images), batch_size)])
     return adapted.eval()
 
 

@@ -55,11 +55,11 @@ from cxrlib.images import read_image, read_mask
 from cxrlib.metrics import class_metrics, patient_bootstrap_weights
 from cxrlib.profiles import Profile
 from cxrlib.training import load_images, prepare_images
-from cxrlib.views import mask_file_name
+from cxrlib.views import dilate_mask, mask_file_name
 
 __all__ = [
     "MASKED_VIEWS", "VERDICT_MARGIN", "MIN_EXTERNAL_PATIENTS", "ProbeSettings",
-    "probe_settings", "dilate_mask", "mask_paths", "masked_views", "image_features",
+    "probe_settings", "mask_paths", "masked_views", "image_features",
     "probe_predictions", "balanced_accuracy_ci", "run_probes", "QUESTIONS", "verdicts",
     "cnn_probes", "external_validation", "projection_retrain_problem",
     "projections_not_retrained", "retrain_by_projection",
@@ -115,18 +115,6 @@ def probe_settings(profile: Profile) -> ProbeSettings:
 # Masked views
 
 
-def dilate_mask(mask: np.ndarray, radius: float) -> np.ndarray:
-    """Binary dilation of a (H, W) mask by a disk of ``radius`` pixels (bool (H, W))."""
-    mask = np.asarray(mask, dtype=bool)
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
-    r = int(np.ceil(radius))
-    if r <= 0:
-        return mask.copy()
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    return ndi.binary_dilation(mask, structure=yy ** 2 + xx ** 2 <= radius ** 2)
-
-
 def mask_paths(manifest: pd.DataFrame, masks_dir: str | Path | None = None) -> pd.Series:
     """The lung mask of each image, indexed by ``image_id``: ``masks_dir/<mask_file_name>`` (the
     predicted masks of notebook 01) or, with ``masks_dir`` None, the manifest's
@@ -176,7 +164,7 @@ def masked_views(manifest: pd.DataFrame, masks: pd.Series, out_dir: str | Path, 
             raise ValueError(f"no lung mask for image {image_id!r}")
         image = prepare_images([read_image(root / rel)], size)[0]
         lungs = prepare_images([read_mask(masks[image_id]).astype(np.float32)], size)[0] > 0.5
-        lungs = dilate_mask(lungs, dilation * size)
+        lungs = dilate_mask(lungs, dilation * size, footprint="disk")
         for view, kept in zip(MASKED_VIEWS, (np.ones_like(lungs), ~lungs, lungs)):
             path = out_dir / view / mask_file_name(image_id)
             Image.fromarray(np.round(image * kept * 255).astype(np.uint8)).save(path)

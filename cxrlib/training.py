@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import math
 import time
 import warnings
@@ -41,17 +42,24 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from skimage import transform as sk_transform
 from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
 from cxrlib.images import read_image
 from cxrlib.models.classifiers import IMAGENET_MEAN, IMAGENET_STD
+from cxrlib.views import resize_image
+
+# fastai 2.8 scripts a layer with torch.jit.script when it is first imported (below, inside the
+# functions); torch deprecates that with a FutureWarning naming a file of the installation, which
+# nothing here can act on and which would otherwise print into every training notebook's report.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated",
+                        category=FutureWarning)
 
 __all__ = [
     "Augmentation", "ARIAS_AUGMENTATION", "INCEPTION_AUGMENTATION", "TrainingRecipe", "RECIPES",
     "DEFAULT_RECIPE", "get_recipe", "prepare_images", "load_images", "ClassifierDataset",
     "balanced_class_weights", "TrainedClassifier", "train_classifier", "predict", "default_device",
+    "precise_batchnorm",
 ]
 
 
@@ -255,8 +263,7 @@ def _prepare_one(image: np.ndarray, image_size: int) -> np.ndarray:
         return image
     scale = image_size / min(h, w)
     new_h, new_w = max(image_size, round(h * scale)), max(image_size, round(w * scale))
-    resized = sk_transform.resize(image, (new_h, new_w), order=1, anti_aliasing=scale < 1,
-                                  preserve_range=True)
+    resized = resize_image(image, (new_h, new_w))
     top, left = (new_h - image_size) // 2, (new_w - image_size) // 2
     return resized[top:top + image_size, left:left + image_size].astype(np.float32)
 
@@ -426,40 +433,55 @@ def _make_keep_best():
     return KeepBestWeights()
 
 
+@torch.no_grad()
+def precise_batchnorm(model: torch.nn.Module, batches, device=None) -> torch.nn.Module:
+    """Precise batch-norm statistics ("precise BN", Wu & Johnson 2021), in place.
+
+    Running averages (momentum 0.1) lag behind weights that change quickly, so a network
+    evaluated early in training sees statistics of older weights. Here every batch-norm layer
+    gets the plain average of its batch statistics over ``batches`` (PyTorch's
+    ``torch.optim.swa_utils.update_bn``), except frozen layers (affine weights that do not
+    train), which keep theirs.
+
+    Parameters
+    ----------
+    model : the network; left in the train/eval mode it had.
+    batches : iterable of input tensors (B, C, H, W), or of (inputs, targets) tuples.
+    device : where to move each batch first (None: as they are).
+
+    Returns
+    -------
+    ``model``. With no batch, or no batch-norm layer to update, it is unchanged.
+    """
+    from torch.optim.swa_utils import update_bn
+
+    batches = list(batches)
+    norms = [m for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    frozen = [m for m in norms if m.weight is not None and not m.weight.requires_grad]
+    if not batches or len(frozen) == len(norms):
+        return model
+    kept = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+            for m in frozen]
+    update_bn(batches, model, device=device)
+    for m, (mean, var, count) in zip(frozen, kept):
+        m.running_mean.copy_(mean)
+        m.running_var.copy_(var)
+        m.num_batches_tracked.copy_(count)
+    return model
+
+
 def _make_precise_bn(n_batches: int):
     from fastai.callback.core import Callback
 
     class PreciseBatchNorm(Callback):
-        """Before each validation, recompute the batch-norm statistics of the current weights.
-
-        The running averages (momentum 0.1) lag behind weights that change quickly, so a
-        network evaluated early in training sees statistics of older weights ("precise BN",
-        Wu & Johnson 2021). Up to ``n_batches`` training batches are passed forward without
-        gradients and each trainable batch-norm layer gets their plain average; frozen layers
-        keep theirs.
-        """
+        """Before each validation, :func:`precise_batchnorm` on up to ``n_batches`` training
+        batches, so that the current weights are validated with their own statistics."""
 
         order = 1  # after TrainEvalCallback has put the model in eval mode
 
         def before_validate(self):
-            layers = [m for m in self.learn.model.modules()
-                      if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                      and m.track_running_stats and m.weight is not None and m.weight.requires_grad]
-            if not layers:
-                return
-            momenta = [m.momentum for m in layers]
-            for m in layers:
-                m.reset_running_stats()
-                m.momentum = None  # cumulative average
-                m.train()
-            with torch.no_grad():
-                for i, (x, _) in enumerate(self.learn.dls.train):
-                    if i >= n_batches:
-                        break
-                    self.learn.model(x)
-            for m, momentum in zip(layers, momenta):
-                m.momentum = momentum
-                m.eval()
+            precise_batchnorm(self.learn.model, itertools.islice(self.learn.dls.train, n_batches))
 
     return PreciseBatchNorm()
 

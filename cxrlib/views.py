@@ -59,8 +59,8 @@ from cxrlib.images import read_image, read_mask, to_uint8
 
 __all__ = [
     "VIEWS", "VARIANTS", "lung_extent", "square_roi_box", "rect_roi_box", "sdnet_box",
-    "crop_to_box", "equalize", "resize_image", "resize_mask", "exp1_view", "exp2_view",
-    "exp3_view", "sdnet_view", "make_view",
+    "crop_to_box", "equalize", "resize_image", "resize_mask", "dilate_mask", "exp1_view",
+    "exp2_view", "exp3_view", "sdnet_view", "make_view",
     "mask_file_name", "build_views", "views_figure",
 ]
 
@@ -249,6 +249,33 @@ def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if mask.shape == tuple(shape):
         return mask
     return resize_image(mask.astype(np.float32), shape) >= 0.5
+
+
+def dilate_mask(mask: np.ndarray, radius: float, footprint: str = "square") -> np.ndarray:
+    """Grow a bool mask (H, W) by ``radius`` pixels.
+
+    ``footprint``: ``"square"``, a (2 r + 1)-pixel square with r = ``int(radius)`` (the 5x5
+    kernel of seed 001's exp3 is ``radius=2``), or ``"disk"``, every pixel within Euclidean
+    distance ``radius`` (fractional radii allowed). ``radius=0`` returns a copy of the mask.
+    Returns bool (H, W).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be a 2-D array (H, W), got shape {mask.shape}")
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0 pixels, got {radius}")
+    if footprint == "square":
+        r = int(radius)
+        structure = np.ones((2 * r + 1,) * 2, dtype=bool)
+    elif footprint == "disk":
+        r = int(np.ceil(radius))
+        yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+        structure = yy ** 2 + xx ** 2 <= radius ** 2
+    else:
+        raise ValueError(f"footprint must be 'square' or 'disk', got {footprint!r}")
+    if r == 0:
+        return mask.copy()
+    return ndimage.binary_dilation(mask, structure=structure)
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

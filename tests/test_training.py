@@ -164,3 +164,26 @@ def test_precise_batchnorm_uses_the_statistics_of_the_final_weights():
     hook.remove()
     expected = torch.cat(seen).mean(dim=(0, 2, 3))
     torch.testing.assert_close(bn.running_mean, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_precise_batchnorm_averages_batch_statistics_and_keeps_frozen_layers():
+    import torch
+
+    from cxrlib.training import precise_batchnorm
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(2), torch.nn.BatchNorm2d(2)).eval()
+    model[1].weight.requires_grad_(False)  # frozen: keeps its statistics
+    model[1].running_mean.fill_(7.0)
+    batches = [torch.randn(4, 2, 3, 3) * 2 + 1, torch.randn(4, 2, 3, 3) - 3]
+    precise_batchnorm(model, [(b, None) for b in batches])
+    # the plain average of the per-batch means and unbiased variances, by hand
+    means = torch.stack([b.mean(dim=(0, 2, 3)) for b in batches]).mean(0)
+    variances = torch.stack([b.transpose(0, 1).reshape(2, -1).var(dim=1, unbiased=True)
+                             for b in batches]).mean(0)
+    assert torch.allclose(model[0].running_mean, means, atol=1e-5)
+    assert torch.allclose(model[0].running_var, variances, atol=1e-5)
+    assert (model[1].running_mean == 7.0).all() and not model.training
+    before = model[0].running_mean.clone()
+    precise_batchnorm(model, [])  # no batch: unchanged (update_bn alone would reset them)
+    assert torch.equal(model[0].running_mean, before)

@@ -251,3 +251,21 @@ def test_equalize_gives_exactly_skimages_values_on_8_bit_and_float_images():
         expected = np.zeros_like(image)
         expected[region] = exposure.equalize_hist(image, mask=region)[region]
         np.testing.assert_array_equal(equalize(image, region), expected)
+
+
+def test_dilate_mask_square_and_disk_by_hand():
+    from cxrlib.views import dilate_mask
+
+    mask = np.zeros((5, 5), bool)
+    mask[2, 2] = True
+    disk = dilate_mask(mask, 1, footprint="disk")
+    assert disk.sum() == 5 and disk[1, 2] and disk[2, 1] and not disk[1, 1]
+    assert dilate_mask(mask, 1.5, footprint="disk").sum() == 9  # the corners are 1.41 away
+    assert dilate_mask(mask, 1).sum() == 9  # square: 3 x 3
+    assert (dilate_mask(mask, 0, footprint="disk") == mask).all()
+    with pytest.raises(ValueError, match="2-D"):
+        dilate_mask(np.zeros(4), 1, footprint="disk")
+    with pytest.raises(ValueError, match="radius must be >= 0"):
+        dilate_mask(mask, -1)
+    with pytest.raises(ValueError, match="footprint"):
+        dilate_mask(mask, 1, footprint="cross")
