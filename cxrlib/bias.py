@@ -35,7 +35,7 @@ from cxrlib.metrics import class_metrics, patient_bootstrap_weights
 from cxrlib.predictions import MODEL_KEY, classes_of
 
 __all__ = [
-    "FACTORS", "AGE_EDGES", "PAPER_EXPERIMENT", "age_bands", "with_factors", "weighted_auc",
+    "FACTORS", "AGE_EDGES", "age_bands", "with_factors", "weighted_auc",
     "projection_metrics", "projection_beside_paper", "error_distribution", "subgroup_metrics",
     "error_vs_age_sex", "plot_subgroups",
 ]
@@ -44,8 +44,6 @@ __all__ = [
 FACTORS = ("projection", "sensor", "sex", "source", "age_band")
 #: Age band edges in years: [0, 40), [40, 60), [60, 80), [80, inf).
 AGE_EDGES = (0, 40, 60, 80, np.inf)
-#: Our experiment names -> the paper's (seed 001's Tables IV-VI).
-PAPER_EXPERIMENT = {"exp1": "exp1_raw", "exp2": "exp2_cropped", "exp3": "exp3_segmented"}
 _UNKNOWN = "unknown"
 
 
@@ -134,7 +132,7 @@ def projection_beside_paper(ours: pd.DataFrame) -> pd.DataFrame:
     out = ours.copy()
     for m in ("ppv", "recall", "f1"):
         out[m] = (out[m] * 100).round(2)
-    out["paper_experiment"] = out["experiment"].map(lambda e: PAPER_EXPERIMENT.get(
+    out["paper_experiment"] = out["experiment"].map(lambda e: paper_tables.ARIAS_EXPERIMENT.get(
         str(e).split("@")[0], ""))
     out = out.merge(paper.rename(columns={"experiment": "paper_experiment"}),
                     on=["paper_experiment", "projection", "class"], how="left")

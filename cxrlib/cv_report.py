@@ -41,7 +41,6 @@ __all__ = [
 
 #: Notebook 02's models (``cxrlib.cit``) and their names in seed 000's Tables 5 and 7.
 CIT_PAPER_METHODS = {"fucitnet": "FuCiTNet", "covid-sdnet": "COVID-SDNet"}
-_ARIAS_EXPERIMENT = {"exp1": "exp1_raw", "exp2": "exp2_cropped", "exp3": "exp3_segmented"}
 _PAPER_SEVERITY = {"normal_pcr_pos": "Normal-PCR+", "mild": "Mild", "moderate": "Moderate",
                    "severe": "Severe"}
 
@@ -210,9 +209,9 @@ def table4_beside_paper(class_summary: pd.DataFrame) -> pd.DataFrame:
     """
     paper = paper_tables.load("arias2020_table4_performance").set_index(["experiment", "class"])
     rows = []
-    ours = class_summary[class_summary["experiment"].isin(_ARIAS_EXPERIMENT)]
+    ours = class_summary[class_summary["experiment"].isin(paper_tables.ARIAS_EXPERIMENT)]
     for rec in ours.to_dict("records"):
-        ref = paper.loc[(_ARIAS_EXPERIMENT[rec["experiment"]], rec["class"])]
+        ref = paper.loc[(paper_tables.ARIAS_EXPERIMENT[rec["experiment"]], rec["class"])]
         row = {key: rec[key] for key in (*MODEL_KEY, "class")}
         for metric, name in (("ppv", "PPV"), ("recall", "Recall"), ("f1", "F1")):
             row[name] = _pm(rec[f"{metric}_mean"], rec[f"{metric}_sd"])
@@ -230,8 +229,9 @@ def global_beside_paper(global_summary: pd.DataFrame) -> pd.DataFrame:
     paper = paper_tables.load("arias2020_table4_global").set_index("experiment")
     auc = paper_tables.load("arias2020_global_auc").set_index("experiment")["average_auc"]
     rows = []
-    for rec in global_summary[global_summary["experiment"].isin(_ARIAS_EXPERIMENT)].itertuples():
-        key = _ARIAS_EXPERIMENT[rec.experiment]
+    ours = global_summary[global_summary["experiment"].isin(paper_tables.ARIAS_EXPERIMENT)]
+    for rec in ours.itertuples():
+        key = paper_tables.ARIAS_EXPERIMENT[rec.experiment]
         row = {"experiment": rec.experiment, "model": rec.model, "method": rec.method}
         for metric, name, ref in (("accuracy", "Acc", "acc"), ("balanced_accuracy", "BAcc", "bacc"),
                                   ("gmr", "GMR", "gmr")):

@@ -10,6 +10,9 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 
+#: The study's experiments of seed 001 and their names in its tables (``experiment`` column).
+ARIAS_EXPERIMENT = {"exp1": "exp1_raw", "exp2": "exp2_cropped", "exp3": "exp3_segmented"}
+
 
 def available() -> list[str]:
     """Names of the shipped tables."""
