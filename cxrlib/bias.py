@@ -31,6 +31,7 @@ import pandas as pd
 from scipy import stats
 
 from cxrlib import paper_tables
+from cxrlib.manifest import join_manifest
 from cxrlib.metrics import class_metrics, patient_bootstrap_weights
 from cxrlib.predictions import MODEL_KEY, classes_of
 
@@ -78,20 +79,11 @@ def with_factors(predictions: pd.DataFrame, manifest: pd.DataFrame,
     Raises ``ValueError`` when an image is not in the manifest or a factor is neither a manifest
     column nor ``age_band`` (which needs ``age``).
     """
-    info = manifest.drop_duplicates("image_id").set_index("image_id")
     wanted = ["patient_id"] + [f for f in factors if f != "age_band"]
     if "age_band" in factors:
         wanted.append("age")
-    missing = [c for c in wanted if c not in info.columns]
-    if missing:
-        raise ValueError(f"manifest lacks column(s) {missing} needed for the factors "
-                         f"{list(factors)}")
-    unknown = ~predictions["image_id"].isin(info.index)
-    if unknown.any():
-        raise ValueError(f"image {predictions['image_id'][unknown].iloc[0]!r} of the predictions "
-                         "is not in the manifest")
-    out = predictions.drop(columns=[c for c in wanted if c in predictions.columns])
-    out = out.join(info[wanted], on="image_id")
+    out = join_manifest(predictions.drop(columns=[c for c in wanted if c in predictions.columns]),
+                        manifest, wanted, what=f"the predictions (factors {list(factors)})")
     if "age_band" in factors:
         out["age_band"] = age_bands(out["age"]).to_numpy()
     for f in factors:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlib import paper_tables
-from cxrlib.manifest import SEVERITIES
+from cxrlib.manifest import SEVERITIES, image_info
 from cxrlib.predictions import MODEL_KEY, RUN_KEY
 from cxrlib.profiles import Profile
 from cxrlib.training import DEFAULT_RECIPE, TrainingRecipe, get_recipe
@@ -139,7 +139,7 @@ def read_views(
         passed = qc["qc_pass"].astype(str).str.lower().isin(("true", "1"))
         failed = set(qc.loc[~passed, "image_id"])
         excluded = sorted(failed & set(views["image_id"]))
-        label = manifest.drop_duplicates("image_id").set_index("image_id")["label"]
+        label = image_info(manifest, ["label"])["label"]
         kept = label[label.index.isin(set(views["image_id"]) - failed)].value_counts()
         kept = kept.reindex(label.unique(), fill_value=0)
         if (kept < min_per_class).any():
@@ -173,7 +173,7 @@ def severity_accuracy(predictions: pd.DataFrame, manifest: pd.DataFrame,
     the ``by`` columns, ``severity``, ``n`` (images) and ``accuracy`` (fraction in [0, 1]).
     Positive images without a severity are left out.
     """
-    severity = manifest.drop_duplicates("image_id").set_index("image_id")["severity"]
+    severity = image_info(manifest, ["severity"])["severity"]
     rows = predictions[predictions["label"] == positive]
     rows = rows.assign(severity=rows["image_id"].map(severity).astype(object))
     rows = rows[rows["severity"].isin(SEVERITIES)]

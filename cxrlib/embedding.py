@@ -37,7 +37,7 @@ from sklearn.manifold import TSNE
 from sklearn.model_selection import train_test_split
 from sklearn.neighbors import NearestNeighbors
 
-from cxrlib.manifest import LABELS, SEVERITIES
+from cxrlib.manifest import LABELS, SEVERITIES, join_manifest
 from cxrlib.metrics import summarize
 from cxrlib.predictions import (
     MODEL_KEY, RUN_KEY, artifact_stem, completed_runs, load_embeddings, read_predictions,
@@ -121,16 +121,7 @@ def read_split_embeddings(
     table, embeddings = load_embeddings(path)
     keep = table["split"].isin(list(splits)).to_numpy()
     table = table[keep].reset_index(drop=True)
-    missing = [c for c in ("image_id", *columns) if c not in manifest.columns]
-    if missing:
-        raise ValueError(f"the manifest lacks column(s) {missing} needed with {Path(path).name}")
-    info = manifest[["image_id", *columns]].drop_duplicates("image_id").set_index("image_id")
-    unknown = ~table["image_id"].isin(info.index)
-    if unknown.any():
-        raise ValueError(f"{path}: image {table['image_id'][unknown].iloc[0]!r} is not in the "
-                         f"manifest ({int(unknown.sum())} unknown): were the embeddings written "
-                         "for another cohort?")
-    return table.join(info, on="image_id"), embeddings[keep]
+    return join_manifest(table, manifest, columns, what=Path(path).name), embeddings[keep]
 
 
 # --------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from pytorch_grad_cam.utils.model_targets import (ClassifierOutputSoftmaxTarget,
 from tqdm.auto import tqdm
 
 from cxrlib.images import read_image, read_mask
+from cxrlib.manifest import image_info, join_manifest
 from cxrlib.models.classifiers import IMAGENET_MEAN, IMAGENET_STD, load_classifier
 from cxrlib.predictions import RUN_KEY, artifact_stem, classes_of
 from cxrlib.training import load_images
@@ -468,10 +469,9 @@ def score_cams(rows: pd.DataFrame, cams: np.ndarray, manifest: pd.DataFrame, mas
         raise ValueError(f"{len(cams)} maps for {len(rows)} rows")
     if not 0 <= dilation < 0.5:
         raise ValueError(f"dilation is a fraction of the image side in [0, 0.5), got {dilation}")
-    info = manifest.drop_duplicates("image_id").set_index("image_id")
-    unknown = ~rows["image_id"].isin(info.index)
-    if unknown.any():
-        raise ValueError(f"image {rows['image_id'][unknown].iloc[0]!r} is not in the manifest")
+    masks = [c for c in ("lung_mask_path", "lesion_mask_path") if c in manifest.columns]
+    info = join_manifest(rows[["image_id"]].reset_index(drop=True), manifest, ["path", *masks],
+                         what="the maps' rows")
     root, masks_dir = Path(data_root), Path(masks_dir)
 
     def truth(rec, column):
@@ -483,7 +483,7 @@ def score_cams(rows: pd.DataFrame, cams: np.ndarray, manifest: pd.DataFrame, mas
     for i, rec in enumerate(rows.itertuples(index=False)):
         image_id = str(rec.image_id)
         if image_id not in cache:
-            m = info.loc[image_id]
+            m = info.iloc[i]
             shape = read_image(root / m["path"]).shape
             predicted_path = masks_dir / mask_file_name(image_id)
             predicted = read_mask(predicted_path) if predicted_path.is_file() else None
@@ -885,7 +885,7 @@ def cam_viewer(predictions: pd.DataFrame, views: pd.DataFrame, manifest: pd.Data
     from cxrlib.widgets import _png_bytes, overlay_rgb
 
     root, masks_dir = Path(data_root), Path(artifacts_dir) / "lung_masks"
-    info = manifest.drop_duplicates("image_id").set_index("image_id")
+    info = image_info(manifest)
     image_ids = sorted(set(predictions["image_id"]))
     classes = classes_of(predictions)
     pick = W.Dropdown(options=image_ids, description="image")

@@ -46,6 +46,7 @@ import io
 import json
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -392,3 +393,33 @@ def write_manifest(
     side["data_root"] = stored_root
     sidecar_path(csv_path).write_text(json.dumps(side, indent=2, sort_keys=True, default=str))
     return csv_path
+
+
+def image_info(manifest: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The manifest indexed by ``image_id`` (one row per image), with ``columns`` only (None:
+    all). Raises ``ValueError`` naming the columns the manifest lacks."""
+    columns = [c for c in manifest.columns if c != "image_id"] if columns is None else list(columns)
+    missing = [c for c in ("image_id", *columns) if c not in manifest.columns]
+    if missing:
+        raise ValueError(f"the manifest lacks column(s) {missing}")
+    return manifest[["image_id", *columns]].drop_duplicates("image_id").set_index("image_id")
+
+
+def join_manifest(table: pd.DataFrame, manifest: pd.DataFrame, columns: Sequence[str],
+                  what: str = "the table") -> pd.DataFrame:
+    """``table`` (with an ``image_id`` column) with the manifest's ``columns`` joined to each row.
+
+    Raises ``ValueError`` naming the columns the manifest lacks, or the first image of
+    ``table`` that is not in the manifest (and how many are not): ``what`` names the table in
+    the message.
+    """
+    try:
+        info = image_info(manifest, columns)
+    except ValueError as exc:
+        raise ValueError(f"{exc}, needed with {what}") from None
+    unknown = ~table["image_id"].isin(info.index)
+    if unknown.any():
+        raise ValueError(f"{what}: image {table['image_id'][unknown].iloc[0]!r} is not in the "
+                         f"manifest ({int(unknown.sum())} unknown): was it written for another "
+                         "cohort?")
+    return table.join(info, on="image_id")

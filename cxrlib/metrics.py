@@ -31,6 +31,7 @@ import pandas as pd
 from scipy.stats import gmean
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
+from cxrlib.manifest import image_info
 from cxrlib.predictions import MODEL_KEY, RUN_KEY, classes_of, probability_columns
 
 __all__ = [
@@ -364,7 +365,7 @@ def _patient_ids(predictions: pd.DataFrame, manifest: pd.DataFrame | None) -> np
     if manifest is None:
         raise ValueError("resampling patients needs their ids: pass the manifest or a table with a "
                          "patient_id column (average_by_patient)")
-    ids = manifest.drop_duplicates("image_id").set_index("image_id")["patient_id"]
+    ids = image_info(manifest, ["patient_id"])["patient_id"]
     mapped = predictions["image_id"].map(ids)
     if mapped.isna().any():
         raise ValueError(f"image {predictions['image_id'][mapped.isna()].iloc[0]!r} is not in the "

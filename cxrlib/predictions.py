@@ -37,6 +37,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from cxrlib.manifest import join_manifest
+
 __all__ = [
     "KEY", "RUN_KEY", "MODEL_KEY", "BASE_COLUMNS", "probability_columns", "classes_of",
     "make_predictions", "validate_predictions", "merge_predictions", "append_predictions",
@@ -237,15 +239,8 @@ def average_by_patient(
     classes = classes_of(predictions)
     p_cols = probability_columns(classes)
     need = {"image_id", "patient_id"} | ({"study_date"} if same_day else set())
-    missing = need - set(manifest.columns)
-    if missing:
-        raise ValueError(f"manifest lacks column(s) {sorted(missing)} needed to average by patient")
-    info = manifest[list(need)].drop_duplicates("image_id").set_index("image_id")
-    unknown = ~predictions["image_id"].isin(info.index)
-    if unknown.any():
-        raise ValueError(f"image {predictions['image_id'][unknown].iloc[0]!r} of the predictions "
-                         "is not in the manifest")
-    df = predictions.join(info, on="image_id")
+    df = join_manifest(predictions, manifest, sorted(need - {"image_id"}),
+                       what="the predictions (averaged by patient)")
     df["patient_id"] = df["patient_id"].astype(str)
     if same_day:
         date = df["study_date"].astype(object).where(df["study_date"].notna(), "")

@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 from cxrlib.crossval import cohort_classes, run_crossval
 from cxrlib.cv_report import ClassifierSetup
 from cxrlib.images import read_image, read_mask
+from cxrlib.manifest import image_info
 from cxrlib.metrics import class_metrics, patient_bootstrap_weights
 from cxrlib.profiles import Profile
 from cxrlib.training import load_images, prepare_images
@@ -296,7 +297,7 @@ def run_probes(views: pd.DataFrame, manifest: pd.DataFrame, settings: ProbeSetti
     ``gain_ci_low``, ``gain_ci_high``. Source probes are given the label as well (module doc);
     they are skipped when the cohort has one source.
     """
-    info = manifest.drop_duplicates("image_id").set_index("image_id")
+    info = image_info(manifest)
     label_onehot = OneHotEncoder(sparse_output=False)
     rows = []
     for view in MASKED_VIEWS:
@@ -413,7 +414,7 @@ def cnn_probes(views: pd.DataFrame, manifest: pd.DataFrame, plan: pd.DataFrame,
                          image_size=settings.image_size, width=setup.width,
                          epochs=settings.epochs, batch_size=setup.overrides.get("batch_size"),
                          seed=seed, progress=progress)
-    patients = manifest.drop_duplicates("image_id").set_index("image_id")["patient_id"]
+    patients = image_info(manifest, ["patient_id"])["patient_id"]
     rows = []
     for view in inputs:
         part = preds[preds["experiment"] == view]

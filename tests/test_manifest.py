@@ -1,5 +1,6 @@
 import json
 
+import pandas as pd
 import pytest
 
 from cxrlib.manifest import (
@@ -125,3 +126,19 @@ def test_data_root_resolution(tmp_path):
     assert resolve_data_root(csv, tmp_path / "x") == (tmp_path / "x").resolve()
     (tmp_path / "a" / "m.meta.json").write_text(json.dumps({"data_root": "../imgs"}))
     assert resolve_data_root(csv) == (tmp_path / "imgs").resolve()
+
+
+def test_join_manifest_by_hand_and_its_errors():
+    from cxrlib.manifest import image_info, join_manifest
+
+    manifest = pd.DataFrame({"image_id": ["a", "b"], "patient_id": ["p1", "p2"],
+                             "sex": ["F", "M"]})
+    table = pd.DataFrame({"image_id": ["b", "a", "b"], "score": [1, 2, 3]})
+    joined = join_manifest(table, manifest, ["patient_id"])
+    assert list(joined["patient_id"]) == ["p2", "p1", "p2"] and list(joined["score"]) == [1, 2, 3]
+    assert list(image_info(manifest, ["sex"]).loc[["b", "a"], "sex"]) == ["M", "F"]
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['age'\], needed with scores.csv"):
+        join_manifest(table, manifest, ["age"], what="scores.csv")
+    stray = pd.DataFrame({"image_id": ["a", "zz", "yy"]})
+    with pytest.raises(ValueError, match=r"scores.csv: image 'zz' is not in the manifest \(2 "):
+        join_manifest(stray, manifest, ["sex"], what="scores.csv")
