@@ -27,15 +27,16 @@ import pandas as pd
 
 from cxrlib import paper_tables
 from cxrlib.manifest import SEVERITIES, image_info
-from cxrlib.predictions import MODEL_KEY, RUN_KEY
+from cxrlib.metrics import CUTOFF_METRICS, cutoff_metrics
+from cxrlib.predictions import MODEL_KEY, RUN_KEY, average_by_patient, classes_of
 from cxrlib.profiles import Profile
 from cxrlib.training import DEFAULT_RECIPE, TrainingRecipe, get_recipe
 
 __all__ = [
     "ClassifierSetup", "classifier_setup", "recipe_for", "read_views", "without_severity",
-    "severity_accuracy", "table4_beside_paper", "global_beside_paper", "binary_metrics",
-    "binary_beside_paper", "cit_rows", "CIT_PAPER_METHODS", "severity_beside_paper",
-    "init_sentence", "compare_experiments", "plot_mean_roc",
+    "severity_accuracy", "table4_beside_paper", "cutoff_beside_paper", "global_beside_paper",
+    "binary_metrics", "binary_beside_paper", "cit_rows", "CIT_PAPER_METHODS",
+    "severity_beside_paper", "init_sentence", "compare_experiments", "plot_mean_roc",
     "plot_confusion_matrices", "plot_training_curves",
 ]
 
@@ -454,3 +455,57 @@ def plot_training_curves(curves: pd.DataFrame, title: str = ""):
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+#: Seed 003's names of the classes of its Table 3 (``bacterial`` is its bacterial pneumonia).
+_SEED003_CLASS = {"covid19": "covid19", "pneumonia": "bacterial"}
+
+
+def cutoff_beside_paper(
+    predictions: pd.DataFrame,
+    manifest: pd.DataFrame,
+    positives: Sequence[str] = ("covid19", "pneumonia"),
+    by_patient: bool = True,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Seed 003's Table 3: each class against the rest at its optimal-accuracy cut-off, with
+    patient-bootstrap confidence intervals, beside the paper's numbers.
+
+    Parameters
+    ----------
+    predictions : image-level predictions table (every fold of a repetition together).
+    manifest : gives each image's patient (and study date).
+    positives : the classes of interest (those not in the predictions are skipped).
+    by_patient : score patients, not images: average the probabilities of a patient's images
+        of one day first (:func:`cxrlib.predictions.average_by_patient`), as seed 003 does.
+    n_boot, seed : bootstrap resamples (of patients) and their seed
+        (:func:`cxrlib.metrics.cutoff_metrics`).
+
+    Returns
+    -------
+    One row per (experiment, model, method, repetition, positive, metric) with ``value``,
+    ``ci_low``, ``ci_high`` (rates as fractions, likelihood ratios as ratios), ``n`` (patients
+    or images scored), ``level`` and ``paper`` (seed 003's value on the same scale; NaN where
+    it published none, e.g. for the threshold).
+    """
+    rows = average_by_patient(predictions, manifest) if by_patient else predictions
+    published = paper_tables.load("inception2020_results").set_index("quantity")["value"]
+    frames = []
+    for positive in [p for p in positives if p in classes_of(predictions)]:
+        table = cutoff_metrics(rows, positive, manifest=manifest, n_boot=n_boot, seed=seed)
+        name = _SEED003_CLASS.get(positive, positive)
+
+        def paper(metric):
+            value = published.get(f"{name}_{metric}", np.nan)
+            return value if metric.startswith("lr_") else value / 100
+        table["paper"] = table["metric"].map(paper)
+        frames.append(table)
+    if not frames:
+        raise ValueError(f"none of the classes {list(positives)} is in the predictions")
+    out = pd.concat(frames, ignore_index=True)
+    out.insert(out.columns.get_loc("positive") + 1, "level",
+               "patient" if by_patient else "image")
+    order = {m: i for i, m in enumerate(CUTOFF_METRICS)}
+    return out.sort_values([*RUN_KEY[:-1], "positive", "metric"], key=lambda c: c.map(order)
+                           if c.name == "metric" else c, ignore_index=True)

@@ -144,3 +144,37 @@ def test_binary_beside_paper_picks_a_model_within_an_experiment():
     assert cv_report.cit_rows(binary, "exp1") == {}
     with pytest.raises(ValueError, match="model 'fucitnet' has no rows"):
         cv_report.binary_beside_paper(binary, {("sdnet", "fucitnet"): "FuCiTNet"})
+
+
+def test_cutoff_beside_paper_by_hand():
+    from cxrlib.predictions import make_predictions
+
+    # two images per patient; covid19 scores .9/.7 and .6/.4 (COVID-19 patients), .3/.1 (control)
+    # and .45/.35 (pneumonia): patient means .8, .5 | .2, .4
+    covid = np.array([.9, .7, .6, .4, .3, .1, .45, .35])
+    labels = ["covid19"] * 4 + ["control"] * 2 + ["pneumonia"] * 2
+    probs = np.stack([(1 - covid) / 2, (1 - covid) / 2, covid], axis=1)
+    ids = [f"i{k}" for k in range(8)]
+    preds = make_predictions(ids, labels, probs, ["control", "pneumonia", "covid19"],
+                             experiment="exp1", model="covidnet", method="m", repetition=0,
+                             fold=0)
+    manifest = pd.DataFrame({"image_id": ids, "patient_id": np.repeat(["a", "b", "c", "d"], 2),
+                             "study_date": "2020-04-01"})
+    table = cv_report.cutoff_beside_paper(preds, manifest, positives=("covid19",), n_boot=20)
+    value = table.set_index("metric")["value"]
+    assert (table["level"] == "patient").all() and (table["n"] == 4).all()
+    # patients: threshold .5 separates them all
+    assert value["threshold"] == pytest.approx(0.5) and value["accuracy"] == 1.0
+    assert (value["detection_rate"], value["fpr"], value["ppv"]) == (1.0, 0.0, 1.0)
+    assert np.isinf(value["lr_plus"]) and value["lr_minus"] == 0.0
+    paper = table.set_index("metric")["paper"]
+    assert paper["detection_rate"] == pytest.approx(0.918) and paper["lr_plus"] == 86.3
+    assert np.isnan(paper["threshold"])
+    # images: the most accurate threshold (ties to the highest) is .6: 3 of 4 detected, no FP
+    images = cv_report.cutoff_beside_paper(preds, manifest, positives=("covid19",),
+                                           by_patient=False, n_boot=20).set_index("metric")
+    assert images.loc["threshold", "value"] == pytest.approx(0.6)
+    assert images.loc["detection_rate", "value"] == 0.75 and images.loc["fpr", "value"] == 0.0
+    assert (images["level"] == "image").all() and (images["n"] == 8).all()
+    with pytest.raises(ValueError, match="none of the classes"):
+        cv_report.cutoff_beside_paper(preds, manifest, positives=("tuberculosis",))
