@@ -37,7 +37,7 @@ from cxrlib.predictions import MODEL_KEY, RUN_KEY, classes_of, probability_colum
 __all__ = [
     "CLASS_METRICS", "GLOBAL_METRICS", "CUTOFF_METRICS", "per_class_from_confusion",
     "global_from_confusion", "binary_rates", "class_metrics", "global_metrics", "summarize",
-    "format_mean_sd", "roc_curves", "mean_roc", "confusion_matrices", "confusion_matrix_frame",
+    "format_mean_sd", "roc_curves", "mean_roc", "confusion_matrices",
     "optimal_cutoff", "patient_bootstrap_weights", "cutoff_metrics", "training_curves",
     "auc_by_train_fraction",
 ]
@@ -316,15 +316,6 @@ def confusion_matrices(predictions: pd.DataFrame, by: Sequence[str] = MODEL_KEY,
             frame.insert(0, col, value)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
-
-
-def confusion_matrix_frame(predictions: pd.DataFrame,
-                           normalize: str | None = "true") -> pd.DataFrame:
-    """The confusion matrix of all rows as a (true x predicted) DataFrame, classes in order."""
-    classes = classes_of(predictions)
-    long = confusion_matrices(predictions, by=(), normalize=normalize)
-    frame = long.pivot(index="true", columns="predicted", values="value")
-    return frame.loc[classes, classes]
 
 
 # --------------------------------------------------------------------------------------------

@@ -61,9 +61,9 @@ __all__ = [
     "AUGMENTATION", "prepare_unet_input", "load_segmentation_pairs", "split_by_patient",
     "train_unet", "train_unet_on_manifest", "SegmenterFit", "save_unet", "load_unet",
     "read_unet_params", "predict_lung_probability", "postprocess_mask", "segment_images",
-    "segment_image", "lung_qc", "segment_manifest", "dice_score", "iou_score", "score_masks",
+    "lung_qc", "segment_manifest", "dice_score", "iou_score", "score_masks",
     "summarise_scores",
-    "worst_cases", "reference_scores", "paper_vs_reproduced", "scores_table", "qc_summary",
+    "worst_cases", "reference_scores", "scores_table", "qc_summary",
     "qc_flag_reasons",
     "training_curves_figure", "mask_cases_figure",
 ]
@@ -646,17 +646,6 @@ def segment_images(
             for im, prob in zip(images, probs)]
 
 
-def segment_image(
-    model: UNet,
-    image: np.ndarray,
-    size: int,
-    device: str | torch.device | None = None,
-    **postprocess,
-) -> np.ndarray:
-    """Lung mask of one image at its own resolution, bool (H, W); see :func:`segment_images`."""
-    return segment_images(model, [image], size, device=device, **postprocess)[0]
-
-
 def lung_qc(
     mask: np.ndarray,
     min_lung_fraction: float = 0.30,
@@ -839,21 +828,6 @@ def reference_scores() -> pd.DataFrame:
         "iou": [0.971, 0.956],
         "note": [note, note],
     })
-
-
-def paper_vs_reproduced(scores: pd.DataFrame, by: str = "source") -> pd.DataFrame:
-    """The published scores beside this run's, one row per published set and per ``by`` group.
-
-    Columns ``what`` (``paper`` / ``reproduced``), ``dataset``, ``n``, ``dice``, ``dice_sd``,
-    ``iou``, ``iou_sd`` (the paper gives no sd or n).
-    """
-    paper = reference_scores().drop(columns="note").assign(what="paper")
-    ours = summarise_scores(scores, by=by).rename(columns={
-        by: "dataset", "dice_mean": "dice", "iou_mean": "iou"}).assign(what="reproduced")
-    overall = summarise_scores(scores, by=None).rename(columns={
-        "dice_mean": "dice", "iou_mean": "iou"}).assign(what="reproduced", dataset="all")
-    out = pd.concat([paper, ours, overall], ignore_index=True)
-    return out[["what", "dataset", "n", "dice", "dice_sd", "iou", "iou_sd"]]
 
 
 # --------------------------------------------------------------------------------------------

@@ -68,10 +68,6 @@ class Study:
         present = set(self.manifest["label"])
         return [c for c in LABELS if c in present]
 
-    def image_path(self, row) -> Path:
-        """Absolute path of a manifest row's image."""
-        return self.data_root / row["path"]
-
     @property
     def shortcut(self) -> float | None:
         """The synthetic shortcut knob of the cohort (``synth_shortcut``), None when it has none

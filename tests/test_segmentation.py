@@ -13,8 +13,8 @@ from cxrlib.images import read_mask
 from cxrlib.manifest import validate_manifest
 from cxrlib.models import UNet
 from cxrlib.segmentation import (
-    dice_score, iou_score, load_unet, lung_qc, paper_vs_reproduced, postprocess_mask,
-    prepare_unet_input, read_unet_params, reference_scores, save_unet, score_masks,
+    dice_score, iou_score, load_unet, lung_qc, postprocess_mask,
+    prepare_unet_input, read_unet_params, reference_scores, save_unet, score_masks, scores_table,
     segment_manifest, split_by_patient, summarise_scores, train_unet, train_unet_on_manifest,
     worst_cases,
 )
@@ -73,9 +73,9 @@ def test_summaries_worst_cases_and_reference_table():
     ref = reference_scores().set_index("dataset")
     assert ref.loc["JSRT", "dice"] == 0.985 and ref.loc["JSRT", "iou"] == 0.971
     assert ref.loc["Montgomery", "dice"] == 0.972 and ref.loc["Montgomery", "iou"] == 0.956
-    table = paper_vs_reproduced(scores)
-    assert list(table["what"]) == ["paper", "paper", "reproduced", "reproduced", "reproduced"]
-    assert table.iloc[-1]["dataset"] == "all" and table.iloc[-1]["dice"] == pytest.approx(0.75)
+    table = scores_table(scores)
+    assert list(table["what"]) == ["paper"] * 2 + ["reproduced"] * 5  # 2 sources, 2 labels, all
+    assert table.iloc[-1]["group"] == "all" and table.iloc[-1]["dice"] == pytest.approx(0.75)
 
 
 # ---------------------------------------------------------------------------------- post-processing
