@@ -59,13 +59,22 @@ def smoke_run(tmp_path_factory):
     Run once per test session even under pytest-xdist: the first worker to take the lock runs the
     study into the session's shared temporary folder and the others wait and read it. A failed run
     is recorded too, so every worker fails the same way instead of running it again.
+
+    With the environment variable ``CXR_SMOKE_RUN`` set to the folder of an existing smoke run
+    (``python -m cxrlib run --profile smoke --out FOLDER``), that run is read instead: no study
+    is run, e.g. to develop the notebook tests against one run.
     """
     import json
+    import os
+    from pathlib import Path
 
     from filelock import FileLock
 
     from cxrlib.runner import RunRecord, run_study
 
+    existing = os.environ.get("CXR_SMOKE_RUN")
+    if existing:
+        return RunRecord.from_json(Path(existing) / "run.json"), Path(existing)
     shared = tmp_path_factory.getbasetemp().parent  # common to all xdist workers of this session
     out, data, done = shared / "smoke_run", shared / "smoke_data", shared / "smoke_run.done.json"
     with FileLock(str(shared / "smoke_run.lock")):
