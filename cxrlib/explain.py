@@ -19,8 +19,9 @@ Frames
 ------
 A CAM lives in the frame of the network input: the view (``exp1``, ``exp2``, ``exp3``, ``sdnet``,
 see :mod:`cxrlib.views`), S x S pixels. The lung and lesion masks live in the frame of the original
-image, H x W. :func:`view_box` gives the box of the original image that a view shows (recomputed
-from the lung mask the view was built with, since the views are pure functions of image and mask);
+image, H x W. :func:`cxrlib.views.view_box` gives the box of the original image that a view shows;
+notebook 01 writes it beside each view in ``views.csv`` and :func:`oof_cams` carries it to each
+map's row;
 :func:`cam_to_box` resizes a CAM onto that box, at the original resolution, and
 :func:`cam_to_image_frame` pastes it into the full image (zero where the view does not reach).
 Scores are computed on the box, with the masks cut by :func:`cxrlib.views.crop_to_box` (pixels of
@@ -52,12 +53,11 @@ from cxrlib.manifest import image_info, join_manifest
 from cxrlib.models.classifiers import IMAGENET_MEAN, IMAGENET_STD, load_classifier
 from cxrlib.predictions import RUN_KEY, artifact_stem, classes_of
 from cxrlib.training import load_images
-from cxrlib.views import (VARIANTS, Box, crop_to_box, dilate_mask, mask_file_name, rect_roi_box,
-                          resize_image, sdnet_box, square_roi_box)
+from cxrlib.views import BOX_COLUMNS, Box, crop_to_box, dilate_mask, mask_file_name, resize_image
 
 __all__ = [
     "energy_share", "pointing_game", "to_input_tensor", "grad_cam", "road_scores",
-    "view_box", "cam_to_box", "cam_to_image_frame", "load_fold_model", "stratified_image_ids",
+    "cam_to_box", "cam_to_image_frame", "load_fold_model", "stratified_image_ids",
     "oof_cams", "score_cams", "summarize_localisation", "summarize_faithfulness",
     "compare_outside_energy", "compare_cohorts", "confident_outcomes", "cam_overlay",
     "plot_cam_grid", "plot_cam_table", "plot_why", "cam_viewer",
@@ -239,58 +239,6 @@ def road_scores(model: torch.nn.Module, images: np.ndarray, cams: np.ndarray, ta
 # From the view's frame to the image's
 
 
-def _view_name(view: str) -> tuple[str, str]:
-    """``exp3_public_code`` -> (``exp3``, ``public_code``); ``exp3`` -> (``exp3``, ``paper``)."""
-    for variant in VARIANTS:
-        if view.endswith("_" + variant):
-            return view[:-len(variant) - 1], variant
-    return view, "paper"
-
-
-def view_box(view: str, image_shape: tuple[int, int], lung_mask: np.ndarray | None = None,
-             size: int | None = None) -> Box:
-    """The box of the original image, ``(row0, row1, col0, col1)``, that a view shows.
-
-    Parameters
-    ----------
-    view : ``exp1``, ``exp2``, ``exp3``, ``sdnet`` (or ``<view>_public_code``), as in
-        ``views.csv``.
-    image_shape : (H, W) of the original image.
-    lung_mask : bool (H, W), the mask the view was built with (not needed for ``exp1``).
-    size : the view's side in pixels (``exp1`` keeps the centre square of the image resized to
-        ``size``; None means the whole image).
-
-    Returns
-    -------
-    The box; like :func:`cxrlib.views.square_roi_box` it may leave the image (padding). For
-    ``exp1`` the centre square is rounded to whole pixels of the original image.
-    """
-    base, variant = _view_name(str(view))
-    h, w = (int(v) for v in image_shape)
-    if base == "exp1":
-        if size is None:
-            return 0, h, 0, w
-        side = min(h, w)  # exp1_view resizes the shorter side to `size` and keeps the centre
-        scale = size / side
-        new_h = max(size, int(np.floor(h * scale + 0.5)))  # rounding half up, as exp1_view does
-        new_w = max(size, int(np.floor(w * scale + 0.5)))
-        r0 = int(round(((new_h - size) // 2) / scale))
-        c0 = int(round(((new_w - size) // 2) / scale))
-        return r0, r0 + side, c0, c0 + side
-    if base not in ("exp2", "exp3", "sdnet"):
-        raise ValueError(f"unknown view {view!r}; expected exp1, exp2, exp3 or sdnet")
-    if lung_mask is None:
-        raise ValueError(f"view {view!r} is cut around the lungs: pass the lung mask it was "
-                         "built with")
-    lung_mask = np.asarray(lung_mask, dtype=bool)
-    if lung_mask.shape != (h, w):
-        raise ValueError(f"lung mask {lung_mask.shape} differs from the image shape {(h, w)}")
-    if base == "sdnet":
-        return sdnet_box(lung_mask)
-    box = VARIANTS[variant][base].get("box", "square")
-    return square_roi_box(lung_mask) if box == "square" else rect_roi_box(lung_mask)
-
-
 def cam_to_box(cam: np.ndarray, box: Box) -> np.ndarray:
     """Resize a CAM (S, S) onto a box of the original image: float32 (row1 - row0, col1 - col0),
     bilinear (:func:`cxrlib.views.resize_image`)."""
@@ -391,8 +339,8 @@ def oof_cams(predictions: pd.DataFrame, views: pd.DataFrame, artifacts_dir: str 
     ----------
     predictions : rows of ``predictions.parquet`` (one per image and trained model); each row's
         map comes from the checkpoint of its own (experiment, model, method, repetition, fold).
-    views : ``views.csv`` (``image_id``, ``view``, ``path``); each checkpoint reads the view it
-        was trained on.
+    views : ``views.csv`` (``image_id``, ``view``, ``path`` and the boxes
+        :data:`cxrlib.views.BOX_COLUMNS`); each checkpoint reads the view it was trained on.
     artifacts_dir : the run's ``artifacts`` folder (holds ``checkpoints/``).
     target : the class each map explains: ``"label"`` (the true class), ``"predicted"`` or a
         class name.
@@ -402,7 +350,8 @@ def oof_cams(predictions: pd.DataFrame, views: pd.DataFrame, artifacts_dir: str 
     Returns
     -------
     rows : the predictions rows (index reset) with ``view``, ``target`` (class explained),
-        ``p_target`` (its out-of-fold probability) and, with ROAD, ``road``.
+        ``p_target`` (its out-of-fold probability), the box of the original image the view
+        shows (:data:`cxrlib.views.BOX_COLUMNS`, from ``views``) and, with ROAD, ``road``.
     images : float32 (N, S, S), the view images the models saw.
     cams : float32 (N, S, S), the maps, in [0, 1].
     """
@@ -438,7 +387,26 @@ def oof_cams(predictions: pd.DataFrame, views: pd.DataFrame, artifacts_dir: str 
                                                       road_percentiles, seed=seed)
     if images is None:
         images = cams = np.zeros((0, 1, 1), dtype=np.float32)
-    return rows, images, cams
+    return _with_boxes(rows, views), images, cams
+
+
+def _with_boxes(rows: pd.DataFrame, views: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with the box of the original image that each row's view shows, read from the
+    views table (:data:`cxrlib.views.BOX_COLUMNS`, written by notebook 01)."""
+    missing = [c for c in BOX_COLUMNS if c not in views.columns]
+    if missing:
+        raise ValueError(f"the views table lacks the crop boxes {missing}: it was written before "
+                         "notebook 01 kept them; run notebook 01 again")
+    boxes = views.assign(image_id=views["image_id"].astype(str)).drop_duplicates(
+        ["image_id", "view"]).set_index(["image_id", "view"])[list(BOX_COLUMNS)]
+    keys = pd.MultiIndex.from_arrays([rows["image_id"].astype(str), rows["view"].astype(str)])
+    found = boxes.reindex(keys)
+    return rows.assign(**{c: found[c].to_numpy() for c in BOX_COLUMNS})
+
+
+def row_box(rec) -> Box:
+    """The box (:data:`cxrlib.views.BOX_COLUMNS`) of a row of :func:`oof_cams`' table."""
+    return tuple(int(rec[c]) for c in BOX_COLUMNS)
 
 
 def score_cams(rows: pd.DataFrame, cams: np.ndarray, manifest: pd.DataFrame, masks_dir: str | Path,
@@ -447,11 +415,12 @@ def score_cams(rows: pd.DataFrame, cams: np.ndarray, manifest: pd.DataFrame, mas
 
     Parameters
     ----------
-    rows, cams : what :func:`oof_cams` returns (``rows`` needs ``image_id`` and ``view``).
+    rows, cams : what :func:`oof_cams` returns (``rows`` needs ``image_id`` and the view's box,
+        :data:`cxrlib.views.BOX_COLUMNS`).
     manifest : gives ``path``, and when present ``lung_mask_path`` (true lungs) and
         ``lesion_mask_path`` (true lesions).
-    masks_dir : the predicted lung masks the views were built with (notebook 01's
-        ``artifacts/lung_masks``): they give the box each view shows (:func:`view_box`).
+    masks_dir : the predicted lung masks (notebook 01's ``artifacts/lung_masks``), scored
+        against where the manifest has no true lung mask.
     data_root : root of the manifest's paths.
     dilation : radius of the lung mask's dilation, as a fraction of the image's shorter side.
 
@@ -484,24 +453,18 @@ def score_cams(rows: pd.DataFrame, cams: np.ndarray, manifest: pd.DataFrame, mas
         image_id = str(rec.image_id)
         if image_id not in cache:
             m = info.iloc[i]
-            shape = read_image(root / m["path"]).shape
-            predicted_path = masks_dir / mask_file_name(image_id)
-            predicted = read_mask(predicted_path) if predicted_path.is_file() else None
             lungs, lesion = truth(m, "lung_mask_path"), truth(m, "lesion_mask_path")
             source = "truth" if lungs is not None else "prediction"
-            lungs = lungs if lungs is not None else predicted
             if lungs is None:
-                raise FileNotFoundError(f"no lung mask for {image_id!r}: neither lung_mask_path in "
-                                        f"the manifest nor {predicted_path}")
-            radius = int(round(dilation * min(shape)))
-            cache[image_id] = (shape, predicted, dilate_mask(lungs, radius), lesion, source, radius)
-        shape, predicted, lungs, lesion, source, radius = cache[image_id]
-        view = str(rec.view)
-        if predicted is None and _view_name(view)[0] != "exp1":
-            raise FileNotFoundError(f"view {view!r} of {image_id!r} is cut around the predicted "
-                                    f"lung mask, and {masks_dir / mask_file_name(image_id)} is "
-                                    "missing")
-        box = view_box(view, shape, predicted, size=cams.shape[-1])
+                predicted_path = masks_dir / mask_file_name(image_id)
+                if not predicted_path.is_file():
+                    raise FileNotFoundError(f"no lung mask for {image_id!r}: neither "
+                                            f"lung_mask_path in the manifest nor {predicted_path}")
+                lungs = read_mask(predicted_path)
+            radius = int(round(dilation * min(lungs.shape)))
+            cache[image_id] = (dilate_mask(lungs, radius), lesion, source, radius)
+        lungs, lesion, source, radius = cache[image_id]
+        box = row_box(rows.iloc[i])
         cam = cam_to_box(cams[i], box)
         lung_box = crop_to_box(lungs, box, fill=False)
         row = {"lung_mask": source, "dilation_px": radius,
@@ -884,7 +847,7 @@ def cam_viewer(predictions: pd.DataFrame, views: pd.DataFrame, manifest: pd.Data
 
     from cxrlib.widgets import _png_bytes, overlay_rgb
 
-    root, masks_dir = Path(data_root), Path(artifacts_dir) / "lung_masks"
+    root = Path(data_root)
     info = image_info(manifest)
     image_ids = sorted(set(predictions["image_id"]))
     classes = classes_of(predictions)
@@ -914,12 +877,9 @@ def cam_viewer(predictions: pd.DataFrame, views: pd.DataFrame, manifest: pd.Data
         image = read_image(root / m["path"])
         lungs, lesion = (optional_mask(root / m[c]) if isinstance(m.get(c), str) and m.get(c)
                          else None for c in ("lung_mask_path", "lesion_mask_path"))
-        predicted = optional_mask(masks_dir / mask_file_name(pick.value))
         panels[0].value = _png_bytes(overlay_rgb(image, lungs, lesion, alpha=0.3))
-        if predicted is not None or rec["view"] == "exp1":
-            box = view_box(rec["view"], image.shape, predicted, size=cams.shape[-1])
-            framed = cam_to_image_frame(cams[0], box, image.shape)
-            panels[1].value = _png_bytes(cam_overlay(image, framed, opacity.value))
+        framed = cam_to_image_frame(cams[0], row_box(rec), image.shape)
+        panels[1].value = _png_bytes(cam_overlay(image, framed, opacity.value))
         panels[2].value = _png_bytes(cam_overlay(view_images[0], cams[0], opacity.value))
         text.value = (f"<b>{rec['image_id']}</b> · true <b>{rec['label']}</b> · predicted "
                       f"<b>{rec['predicted']}</b> · p({target.value}) = {rec['p_target']:.2f} · "

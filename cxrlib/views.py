@@ -60,7 +60,8 @@ from cxrlib.images import read_image, read_mask, to_uint8
 __all__ = [
     "VIEWS", "VARIANTS", "lung_extent", "square_roi_box", "rect_roi_box", "sdnet_box",
     "crop_to_box", "equalize", "resize_image", "resize_mask", "dilate_mask", "exp1_view",
-    "exp2_view", "exp3_view", "sdnet_view", "make_view",
+    "exp2_view", "exp3_view", "sdnet_view", "make_view", "parse_view_name", "view_box",
+    "BOX_COLUMNS",
     "mask_file_name", "build_views", "views_figure",
 ]
 
@@ -81,6 +82,8 @@ VARIANTS: dict[str, dict[str, dict]] = {
 CACHE_VERSION = 1
 
 Box = tuple[int, int, int, int]
+#: The columns of ``views.csv`` that hold each view's box of the original image (:func:`view_box`).
+BOX_COLUMNS = ("box_row0", "box_row1", "box_col0", "box_col1")
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,13 +307,19 @@ def exp1_view(image: np.ndarray, mask: np.ndarray | None = None,
     image = _check_image(image)
     _check_size(size)
     if size is not None:
-        h, w = image.shape
-        scale = size / min(h, w)
-        new = (max(size, _round_half_up(h * scale)), max(size, _round_half_up(w * scale)))
+        new, r0, c0 = _exp1_geometry(image.shape, size)
         image = resize_image(image, new)
-        r0, c0 = (new[0] - size) // 2, (new[1] - size) // 2
         image = image[r0:r0 + size, c0:c0 + size]
     return equalize(image)
+
+
+def _exp1_geometry(shape: tuple[int, int], size: int) -> tuple[tuple[int, int], int, int]:
+    """exp1's resize and crop: the resized shape (shorter side ``size``, aspect kept, rounding
+    half up) and the top-left corner of the centre ``size x size`` square in it."""
+    h, w = (int(v) for v in shape)
+    scale = size / min(h, w)
+    new = (max(size, _round_half_up(h * scale)), max(size, _round_half_up(w * scale)))
+    return new, (new[0] - size) // 2, (new[1] - size) // 2
 
 
 def _roi_box(mask: np.ndarray, box: str) -> Box:
@@ -410,6 +419,60 @@ def _view_options(view: str, variant: str | dict) -> dict:
     return dict(VARIANTS[variant][view])
 
 
+def parse_view_name(view: str) -> tuple[str, str]:
+    """A name of ``views.csv`` split into view and variant: ``exp3_public_code`` -> (``exp3``,
+    ``public_code``), ``exp3`` -> (``exp3``, ``paper``)."""
+    view = str(view)
+    for variant in VARIANTS:
+        if view.endswith("_" + variant):
+            return view[:-len(variant) - 1], variant
+    return view, "paper"
+
+
+def view_box(view: str, image_shape: tuple[int, int], mask: np.ndarray | None = None,
+             size: int | None = None, variant: str | dict = "paper") -> Box:
+    """The box of the original image, ``(row0, row1, col0, col1)`` half-open, that a view shows.
+
+    Parameters
+    ----------
+    view : ``exp1``, ``exp2``, ``exp3`` or ``sdnet``; a name of ``views.csv`` with a variant
+        suffix (``exp3_public_code``) sets ``variant``.
+    image_shape : (H, W) of the original image.
+    mask : bool (H, W), the lung mask the view is cut around (not needed for ``exp1``).
+    size : the view's side in pixels (``exp1`` keeps the centre square of the image resized to
+        ``size``, mapped back here to whole pixels of the original; None: the whole image).
+    variant : as for :func:`make_view`.
+
+    Returns the box; like :func:`square_roi_box` it may leave the image (padding).
+    :func:`build_views` writes it beside each view, so that later steps (Grad-CAM's maps in the
+    image's frame) read it instead of recomputing it.
+    """
+    base, suffix_variant = parse_view_name(view)
+    if suffix_variant != "paper":
+        variant = suffix_variant
+    if base not in VIEWS:
+        raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")
+    h, w = (int(v) for v in image_shape)
+    if base == "exp1":
+        if size is None:
+            return 0, h, 0, w
+        side = min(h, w)
+        new, r0, c0 = _exp1_geometry((h, w), size)
+        scale = size / side
+        r0, c0 = int(round(r0 / scale)), int(round(c0 / scale))
+        return r0, r0 + side, c0, c0 + side
+    if mask is None:
+        raise ValueError(f"view {view!r} is cut around the lungs: pass the lung mask it is "
+                         "built with")
+    mask = _check_mask(mask)
+    if mask.shape != (h, w):
+        raise ValueError(f"lung mask {mask.shape} differs from the image shape {(h, w)}")
+    options = _view_options(base, variant)
+    if base == "sdnet":
+        return sdnet_box(mask, margin=options.get("margin", 0.025))
+    return _roi_box(mask, options.get("box", "square"))
+
+
 def make_view(view: str, image: np.ndarray, mask: np.ndarray | None, size: int | None = None,
               variant: str | dict = "paper") -> np.ndarray:
     """One view by name (``exp1``, ``exp2``, ``exp3``, ``sdnet``) with the options of ``variant``
@@ -441,6 +504,13 @@ def _write_png_atomic(image: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _write_text_atomic(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -480,7 +550,9 @@ def build_views(
     Returns
     -------
     DataFrame with one row per (image, view): ``image_id``, ``view``, ``path`` (absolute PNG path,
-    8-bit, ``size x size``), ``cached`` (True when the file already existed). ``view`` is the
+    8-bit, ``size x size``), ``cached`` (True when the file already existed) and the box of the
+    original image the view shows (:data:`BOX_COLUMNS`, :func:`view_box`; kept in the cache
+    beside the PNG as ``<key>.box.json``). ``view`` is the
     view's name when its options are the paper's, else ``<name>_<variant>`` (``exp3_public_code``;
     ``exp3_custom`` for a dict), so both variants can sit in one table. ``attrs`` holds
     ``n_computed``, ``n_cached`` and ``skipped`` (list of ``(image_id, view, reason)``).
@@ -535,8 +607,10 @@ def build_views(
             }, sort_keys=True)
             key = hashlib.sha1(key_source.encode()).hexdigest()
             out_path = cache_dir / label / f"{key}.png"
-            if out_path.is_file():
-                rows.append((image_id, label, str(out_path), True))
+            box_path = out_path.with_suffix(".box.json")
+            if out_path.is_file() and box_path.is_file():
+                box = tuple(json.loads(box_path.read_text())["box"])
+                rows.append((image_id, label, str(out_path), True, *box))
                 n_cached += 1
                 continue
             if image is None:
@@ -544,22 +618,29 @@ def build_views(
             if uses_mask and mask is None:
                 mask = read_mask(mask_path)
             try:
-                pixels = make_view(view, image, mask if uses_mask else None, size=size,
-                                   variant=variant)
+                box = view_box(view, image.shape, mask if uses_mask else None, size=size,
+                               variant=variant)
+                cached = out_path.is_file()  # a cache written before the boxes were kept
+                if not cached:
+                    pixels = make_view(view, image, mask if uses_mask else None, size=size,
+                                       variant=variant)
             except ValueError as exc:
                 if on_bad_mask == "raise":
                     raise ValueError(f"view {view!r} of image {image_id!r} "
                                      f"(mask {mask_path}): {exc}") from exc
                 skipped.append((image_id, label, str(exc)))
                 continue
-            _write_png_atomic(pixels, out_path)
-            rows.append((image_id, label, str(out_path), False))
-            n_computed += 1
+            if not cached:
+                _write_png_atomic(pixels, out_path)
+            _write_text_atomic(json.dumps({"box": [int(v) for v in box]}), box_path)
+            rows.append((image_id, label, str(out_path), cached, *box))
+            n_cached += cached
+            n_computed += not cached
 
     if skipped:
         warnings.warn(f"{len(skipped)} view(s) skipped for a bad lung mask, e.g. "
                       f"{skipped[0][0]!r} ({skipped[0][2]}); see attrs['skipped']", stacklevel=2)
-    out = pd.DataFrame(rows, columns=["image_id", "view", "path", "cached"])
+    out = pd.DataFrame(rows, columns=["image_id", "view", "path", "cached", *BOX_COLUMNS])
     out.attrs.update(n_computed=n_computed, n_cached=n_cached, skipped=skipped,
                      cache_dir=str(cache_dir))
     return out

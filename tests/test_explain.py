@@ -6,7 +6,7 @@ import torch
 
 from cxrlib import explain
 from cxrlib.models.classifiers import build_classifier
-from cxrlib.views import dilate_mask, square_roi_box
+from cxrlib.views import BOX_COLUMNS, dilate_mask, square_roi_box, view_box
 
 
 def _maps():
@@ -81,17 +81,17 @@ def test_view_box_and_frame_mapping():
     mask = np.zeros((10, 12), dtype=bool)
     mask[2:6, 3:11] = True  # lungs 4 rows x 8 columns
     # exp2/exp3: the square region of interest (may leave the image)
-    assert explain.view_box("exp2", (10, 12), mask, size=4) == square_roi_box(mask) == (0, 8, 3, 11)
-    assert explain.view_box("exp3_public_code", (10, 12), mask) == (2, 6, 3, 11)  # the rectangle
+    assert view_box("exp2", (10, 12), mask, size=4) == square_roi_box(mask) == (0, 8, 3, 11)
+    assert view_box("exp3_public_code", (10, 12), mask) == (2, 6, 3, 11)  # the rectangle
     # sdnet: the rectangle plus 2.5% (rounds to 0 px here)
-    assert explain.view_box("sdnet", (10, 12), mask) == (2, 6, 3, 11)
+    assert view_box("sdnet", (10, 12), mask) == (2, 6, 3, 11)
     # exp1: the centre square of the image, side = the shorter side
-    assert explain.view_box("exp1", (10, 14), size=5) == (0, 10, 2, 12)
-    assert explain.view_box("exp1", (10, 12)) == (0, 10, 0, 12)
+    assert view_box("exp1", (10, 14), size=5) == (0, 10, 2, 12)
+    assert view_box("exp1", (10, 12)) == (0, 10, 0, 12)
     with pytest.raises(ValueError, match="pass the lung mask"):
-        explain.view_box("exp3", (10, 12))
+        view_box("exp3", (10, 12))
     with pytest.raises(ValueError, match="unknown view"):
-        explain.view_box("exp9", (10, 12), mask)
+        view_box("exp9", (10, 12), mask)
 
     cam = np.ones((4, 4), dtype=np.float32)
     on_box = explain.cam_to_box(cam, (-2, 2, 1, 5))
@@ -113,7 +113,7 @@ def test_view_box_inverts_the_views(view):
     lungs[8:30, 10:40] = True
     variant = "public_code" if view.endswith("public_code") else "paper"
     pixels = make_view(view.split("_")[0], image, lungs, size=24, variant=variant)
-    r0, r1, c0, c1 = explain.view_box(view, image.shape, lungs, size=24)
+    r0, r1, c0, c1 = view_box(view, image.shape, lungs, size=24)
     rows, cols = np.nonzero(pixels == pixels.max())
     row = r0 + (rows.mean() + 0.5) * (r1 - r0) / 24 - 0.5
     col = c0 + (cols.mean() + 0.5) * (c1 - c0) / 24 - 0.5
@@ -135,7 +135,10 @@ def test_score_cams_in_the_image_frame(tmp_path):
         Image.fromarray((array * 255).astype(np.uint8)).save(tmp_path / name)
     manifest = pd.DataFrame({"image_id": ["a"], "path": ["img.png"], "lung_mask_path": ["lung.png"],
                              "lesion_mask_path": ["lesion.png"]})
-    rows = pd.DataFrame({"image_id": ["a", "a"], "view": ["exp1", "exp3"]})
+    # the boxes notebook 01 writes beside each view (views.view_box)
+    boxes = [view_box("exp1", (8, 12), size=4), view_box("exp3", (8, 12), lungs, size=4)]
+    rows = pd.DataFrame({"image_id": ["a", "a"], "view": ["exp1", "exp3"]}).assign(
+        **dict(zip(BOX_COLUMNS, np.array(boxes).T)))
     cams = np.ones((2, 4, 4), dtype=np.float32)  # uniform maps: every share is an area share
     out = explain.score_cams(rows, cams, manifest, tmp_path / "masks", tmp_path, dilation=0)
     # exp1 shows the centre 8 x 8 square (columns 2-9), exp3 the lungs' square (the lungs)
@@ -148,8 +151,24 @@ def test_score_cams_in_the_image_frame(tmp_path):
     assert grown["lung_energy"].iloc[0] == pytest.approx(36 / 64)
     with pytest.raises(ValueError, match="2 maps for 1 rows"):
         explain.score_cams(rows.head(1), cams, manifest, tmp_path / "masks", tmp_path)
-    with pytest.raises(FileNotFoundError, match="cut around the predicted lung mask"):
-        explain.score_cams(rows, cams, manifest, tmp_path / "nowhere", tmp_path)
+    # no true mask in the manifest: the predicted one is scored against, and must exist
+    predicted = explain.score_cams(rows, cams, manifest.drop(columns="lung_mask_path"),
+                                   tmp_path / "masks", tmp_path, dilation=0)
+    assert (predicted["lung_mask"] == "prediction").all()
+    with pytest.raises(FileNotFoundError, match="no lung mask for 'a'"):
+        explain.score_cams(rows, cams, manifest.drop(columns="lung_mask_path"),
+                           tmp_path / "nowhere", tmp_path)
+
+
+def test_maps_take_their_boxes_from_the_views_table():
+    views = pd.DataFrame({"image_id": ["a", "a", "b"], "view": ["exp1", "exp3", "exp3"],
+                          "path": "x.png", "box_row0": [0, 2, 1], "box_row1": [8, 6, 5],
+                          "box_col0": [2, 4, 0], "box_col1": [10, 8, 4]})
+    rows = pd.DataFrame({"image_id": ["b", "a"], "view": ["exp3", "exp1"]})
+    boxed = explain._with_boxes(rows, views)
+    assert [explain.row_box(r) for _, r in boxed.iterrows()] == [(1, 5, 0, 4), (0, 8, 2, 10)]
+    with pytest.raises(ValueError, match="run notebook 01 again"):
+        explain._with_boxes(rows, views[["image_id", "view", "path"]])
 
 
 def test_stratified_image_ids_balances_classes():

@@ -3,6 +3,7 @@ and the on-disk cache."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,11 +12,11 @@ from PIL import Image
 from scipy import ndimage
 from skimage import exposure
 
-from cxrlib.images import read_image
+from cxrlib.images import read_image, read_mask
 from cxrlib.manifest import validate_manifest
 from cxrlib.views import (
-    build_views, crop_to_box, equalize, exp1_view, exp2_view, exp3_view, lung_extent,
-    make_view, mask_file_name, rect_roi_box, sdnet_box, sdnet_view, square_roi_box,
+    BOX_COLUMNS, build_views, crop_to_box, equalize, exp1_view, exp2_view, exp3_view, lung_extent,
+    make_view, mask_file_name, rect_roi_box, sdnet_box, sdnet_view, square_roi_box, view_box,
 )
 
 
@@ -200,7 +201,7 @@ def test_build_views_writes_every_view_then_reads_the_cache(tiny_manifest, tmp_p
     manifest, masks = tiny_manifest
     cache = tmp_path / "views"
     first = build_views(manifest, masks, size=16, cache_dir=cache, progress=False)
-    assert list(first.columns) == ["image_id", "view", "path", "cached"]
+    assert list(first.columns) == ["image_id", "view", "path", "cached", *BOX_COLUMNS]
     assert len(first) == 3 * 4 and first.attrs["n_computed"] == 12 and not first["cached"].any()
     for path in first["path"]:
         assert read_image(path).shape == (16, 16)
@@ -220,6 +221,26 @@ def test_build_views_writes_every_view_then_reads_the_cache(tiny_manifest, tmp_p
         manifest.attrs["data_root"] + "/images/im0.png")
     third = build_views(manifest, masks, size=16, cache_dir=cache, progress=False)
     assert third.attrs["n_computed"] == 4 and third.attrs["n_cached"] == 8
+
+
+def test_build_views_keeps_the_box_each_view_shows(tiny_manifest, tmp_path):
+    manifest, masks = tiny_manifest
+    cache = tmp_path / "views"
+    first = build_views(manifest, masks, size=16, cache_dir=cache, progress=False)
+    root = Path(manifest.attrs["data_root"])
+    for rec in first.itertuples(index=False):
+        row = manifest.set_index("image_id").loc[rec.image_id]
+        image = read_image(root / row["path"])
+        mask = read_mask(masks / mask_file_name(rec.image_id))
+        assert tuple(getattr(rec, c) for c in BOX_COLUMNS) == view_box(
+            rec.view, image.shape, mask, size=16)
+    # from the cache, the same boxes; a cache made before the boxes were kept gets them back
+    for box_file in cache.rglob("*.box.json"):
+        box_file.unlink()
+    again = build_views(manifest, masks, size=16, cache_dir=cache, progress=False)
+    assert again["cached"].all() and again.attrs["n_computed"] == 0
+    pd.testing.assert_frame_equal(again.drop(columns="cached"), first.drop(columns="cached"))
+    assert len(list(cache.rglob("*.box.json"))) == len(first)
 
 
 def test_build_views_names_the_image_whose_mask_is_missing(tiny_manifest, tmp_path):
