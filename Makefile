@@ -43,9 +43,14 @@ lint: setup
 benchmarks: setup
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-# Refresh the lock file from the current environment (after changing pyproject.toml).
+# Refresh the lock file after changing pyproject.toml: uv resolves for every platform at once
+# (--universal: platform-specific packages such as CUDA's get environment markers), keeping the
+# versions already in requirements-lock.txt where they still fit.
+UV_VERSION := 0.13.9
 lock: setup
-	$(PY) -m pip freeze --exclude-editable | grep -v '^cxrlib' > requirements-lock.txt
+	$(PY) -m pip install --quiet uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --universal --python-version 3.11.5 \
+		--custom-compile-command "make lock" --quiet -o requirements-lock.txt
 
 clean-data:
 	rm -rf data

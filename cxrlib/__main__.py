@@ -17,13 +17,19 @@ def _run(args) -> int:
         params.update(parse_assignment(a) for a in args.param)
         record = run_study(profile=args.profile, manifest=args.manifest, out_dir=args.out,
                            only=only, seed=args.seed, cohorts=cohorts, kernel_name=args.kernel,
-                           parameters=params, fresh=args.fresh)
+                           parameters=params, fresh=args.fresh, executor=args.executor,
+                           workers=args.workers, threads=args.threads,
+                           slurm_config=args.slurm_config, no_wait=args.no_wait)
     except NotebookFailed as exc:
         print(f"\nSTUDY FAILED: {exc}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if record.status == "submitted":
+        print(f"\nSLURM jobs submitted (--no-wait); run the same command again to reattach to "
+              f"them and merge their results. Report index: {Path(record.out_dir) / 'index.html'}")
+        return 0
     print(f"\nStudy finished in {record.seconds:.0f} s. Report index: "
           f"{Path(record.out_dir) / 'index.html'}")
     return 0
@@ -67,6 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fresh", action="store_true",
                      help="start the run folder afresh: its earlier content is moved, not "
                           "deleted, to <out>.replaced-<date-time> beside it")
+    run.add_argument("--executor", choices=["auto", "inline", "local", "slurm"],
+                     help="where the notebooks train their folds: inline (one after the other "
+                          "in the notebook's kernel), local (a pool of worker processes, one GPU "
+                          "each), slurm (SLURM job arrays through submitit, see --slurm-config) "
+                          "or auto (local with two GPUs or more, else inline; the default "
+                          "unless CXR_EXECUTOR says otherwise). Recorded in run.json; every "
+                          "executor gives the same tables")
+    run.add_argument("--slurm-config", type=Path, metavar="FILE.yaml",
+                     help="settings of the slurm executor: partition, time_min, gpus_per_task, "
+                          "cpus_per_task, mem_gb, array_parallelism, retries, poll_s, sbatch "
+                          "(extra sbatch options), setup (shell lines)")
+    run.add_argument("--no-wait", action="store_true",
+                     help="with --executor slurm: submit the jobs and exit; the same command "
+                          "run again reattaches to them and merges")
+    run.add_argument("--workers", type=int, metavar="N",
+                     help="worker processes of the local executor (default: one per GPU)")
+    run.add_argument("--threads", type=int, metavar="N",
+                     help="torch threads per local worker (default: cores / workers)")
     run.add_argument("--only", help="comma-separated notebook numbers, e.g. 00,03")
     run.add_argument("--cohorts", help="synthetic cohorts to run, in this order, e.g. arias "
                      "(default: arias-noshortcut,arias,covidgr)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -573,6 +574,14 @@ def render_markdown(items: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def inline_html(text: str) -> str:
+    """One line of the checklist's Markdown as HTML: escaped, with ``*emphasis*`` in italics and
+    backticks as code (the only Markdown its texts use)."""
+    out = html.escape(text, quote=False)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return re.sub(r"(?<![\w*])\*([^*\s]|[^*\s][^*]*[^*\s])\*(?![\w*])", r"<i>\1</i>", out)
+
+
 def render_html(items: pd.DataFrame) -> str:
     """The checklist as a stand-alone HTML page (same content as :func:`render_markdown`)."""
     esc = html.escape
@@ -581,14 +590,14 @@ def render_html(items: pd.DataFrame) -> str:
              "line-height:1.4}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
              "padding:.3em .6em;text-align:left;vertical-align:top}th{background:#f3f3f3}"
              ".missing{color:#b7791f}</style></head><body>",
-             "<h1>Reporting checklist</h1>", f"<p>{esc(_INTRO.replace('`', ''))}</p>"]
+             "<h1>Reporting checklist</h1>", f"<p>{inline_html(_INTRO)}</p>"]
     for guideline, part in items.groupby("guideline", sort=False):
         parts.append(f"<h2>{esc(guideline)}: answered from the run</h2><table><tr><th>item</th>"
                      "<th>asks</th><th>answer</th><th>evidence</th></tr>")
         for _, r in part[part["status"] != AUTHORS].iterrows():
             links = ", ".join(f"<a href='{esc(rel)}'>{esc(Path(rel).name)}</a>"
                               for rel in r["links"])
-            answer = (esc(r["answer"].replace("`", "")) if r["status"] == FROM_RUN
+            answer = (inline_html(r["answer"]) if r["status"] == FROM_RUN
                       else f"<span class='missing'>{esc(r['status'])}</span>")
             parts.append(f"<tr><td>{esc(r['item'])}</td><td>{esc(r['asks'])}</td>"
                          f"<td>{answer}</td><td>{links}</td></tr>")

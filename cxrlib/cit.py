@@ -30,7 +30,9 @@ generators lambda times the classifier's gradient (see :func:`cit_step`).
 writes the rows of models ``fucitnet`` and ``covid-sdnet`` into ``predictions.parquet``; each
 fold also leaves ``cit/<stem>.pth`` (generators and CiT classifier), ``cit/<stem>_history.csv``
 (one line per epoch) and ``cit/<stem>_split.csv`` (image_id, role: the images that trained,
-validated and tested it), and a line in ``cit_runs.csv``.
+validated and tested it), and a line in ``cit_runs.csv``. Each fold is a unit of work
+(:mod:`cxrlib.units`: :func:`cit_specs`, :func:`cit_fold`) that any executor may run; its rows
+and line reach the tables through its shard, merged by the calling process.
 """
 from __future__ import annotations
 
@@ -53,14 +55,13 @@ from cxrlib.models.cit import CiTGenerator
 from cxrlib.models.classifiers import (
     IMAGENET_MEAN, IMAGENET_STD, WIDTH_SCALABLE, build_classifier, find_imagenet_weights,
 )
-from cxrlib.predictions import (
-    append_predictions, artifact_stem, completed_runs, make_predictions, read_predictions,
-    validate_predictions,
-)
-from cxrlib.run_folder import upsert_row
+from cxrlib.predictions import artifact_stem, make_predictions, validate_predictions
 from cxrlib.splits import check_split_plan, fold_split
 from cxrlib.training import (
     TrainingRecipe, default_device, load_images, precise_batchnorm, predict, train_classifier,
+)
+from cxrlib.units import (
+    FoldSpec, data_hash, inputs_table, make_spec, read_inputs, run_units, write_inputs,
 )
 
 __all__ = [
@@ -68,7 +69,8 @@ __all__ = [
     "total_variation", "classifier_ce", "generator_loss", "perceptual_network", "to_network_input",
     "scale_gradient", "cit_step", "TrainedCiT", "train_cit", "transform_images",
     "fucitnet_probabilities", "sdnet_dataset", "sdnet_fusion", "sdnet_probabilities",
-    "CiTSetup", "run_cit_crossval", "load_cit", "read_cit_runs", "read_cit_history",
+    "CiTSetup", "run_cit_crossval", "cit_specs", "cit_fold", "load_cit", "read_cit_runs",
+    "read_cit_history",
     "plot_transforms", "plot_cit_history",
 ]
 
@@ -77,6 +79,8 @@ CIT_MODELS = tuple(CIT_PAPER_METHODS)
 #: COVID-SDNet's four classes, in the paper's order: true class P/N, transform +/-.
 SDNET_CLASSES = ("P+", "P-", "N+", "N-")
 RUNS_FILE = "cit_runs.csv"
+#: The key of a line of :data:`RUNS_FILE`.
+RUNS_KEY = ("experiment", "lam", "repetition", "fold")
 
 
 # --------------------------------------------------------------------------------------------
@@ -683,10 +687,6 @@ def read_cit_runs(artifacts_dir: str | Path) -> pd.DataFrame:
     return pd.read_csv(path) if path.is_file() else pd.DataFrame()
 
 
-def _append_run(artifacts_dir: Path, row: dict) -> None:
-    upsert_row(Path(artifacts_dir) / RUNS_FILE, row, ("experiment", "lam", "repetition", "fold"))
-
-
 def load_cit(path: str | Path) -> dict:
     """Read a fold's ``cit/<stem>.pth``: ``{"generators": nn.ModuleList (eval), "classes",
     "generator_width", "classifier": the CiT classifier (eval), "extra"}``."""
@@ -721,6 +721,7 @@ def run_cit_crossval(
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = False,
+    executor=None,
 ) -> pd.DataFrame:
     """FuCiTNet and COVID-SDNet trained and tested on each fold of the split plan.
 
@@ -737,14 +738,55 @@ def run_cit_crossval(
     lam : override of the recipe's lambda (the sweep); None keeps it.
     folds, repetitions : subsets to run (default ``setup.folds``, every repetition).
     with_sdnet : also train COVID-SDNet's 4-class network.
-    write_predictions : write the rows into ``predictions.parquet`` (the sweep does not); a fold
-        whose rows are there already is skipped.
+    write_predictions : write the rows into ``predictions.parquet`` (the sweep does not).
     val_fraction : share of the training patients held out for early stopping (seed 000: 10%).
     seed : fold f of repetition r trains with ``seed + 100 r + f``.
+    executor : where the folds train (:func:`cxrlib.executors.get_executor`; None: the
+        default).
 
-    Returns one line per trained fold (the ``cit_runs.csv`` columns) with ``history`` (the
+    Each fold is a unit of work (:mod:`cxrlib.units`, :func:`cit_specs`, :func:`cit_fold`): its
+    rows and ``cit_runs.csv`` line reach the tables through its shard, merged by this process. A
+    fold is skipped when done with the same settings: its rows are in the table with its
+    settings hash (with ``write_predictions``), or its shard is merged (without); folds made
+    with other settings make the call fail (:class:`cxrlib.units.UnitSettingsConflict`).
+
+    Returns one line per fold trained now (the ``cit_runs.csv`` columns) with ``history`` (the
     per-epoch table of :class:`TrainedCiT`, plus the run's columns) in ``attrs["history"]``.
     """
+    artifacts_dir = Path(artifacts_dir)
+    specs = cit_specs(images, manifest, plan, artifacts_dir, setup, experiment, view, image_size,
+                      lam, folds, repetitions, with_sdnet, write_predictions, val_fraction, seed,
+                      device, progress)
+    metas = run_units(specs, artifacts_dir, executor=executor, progress=progress, desc="CiT")
+    table = pd.DataFrame([m["runs_row"] for m in metas])
+    histories = [pd.read_csv(artifacts_dir / "cit" / f"{m['stem']}_history.csv") for m in metas]
+    table.attrs["history"] = pd.concat(histories, ignore_index=True) if histories \
+        else pd.DataFrame()
+    return table
+
+
+def cit_specs(
+    images: pd.DataFrame,
+    manifest: pd.DataFrame,
+    plan: pd.DataFrame,
+    artifacts_dir: str | Path,
+    setup: CiTSetup,
+    experiment: str = "sdnet",
+    view: str = "sdnet",
+    image_size: int = 224,
+    lam: float | None = None,
+    folds: Sequence[int] | None = None,
+    repetitions: Sequence[int] | None = None,
+    with_sdnet: bool = True,
+    write_predictions: bool = True,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> list[FoldSpec]:
+    """The units of :func:`run_cit_crossval` (same parameters), one per (repetition, fold),
+    keyed (experiment, ``fucitnet``, ``<CiT classifier>-lam<lambda>``, repetition, fold); writes
+    their inputs table under ``artifacts/shards/inputs/``."""
     artifacts_dir = Path(artifacts_dir)
     check_split_plan(plan)
     labels = manifest.drop_duplicates("image_id").set_index("image_id")["label"].astype(str)
@@ -758,93 +800,127 @@ def run_cit_crossval(
                          f"{sorted(set(images['view']))}): run notebook 01 first")
     recipe = setup.recipe if lam is None else setup.recipe.with_overrides(lam=float(lam))
     plan = plan[plan["image_id"].isin(rows["image_id"])]
-    paths = rows.set_index("image_id")["path"]
+    inputs = inputs_table(plan, labels, rows.set_index("image_id")["path"])
+    inputs_path = write_inputs(artifacts_dir, inputs)
     repetitions = sorted(plan["repetition"].unique()) if repetitions is None else list(repetitions)
     folds = setup.folds if folds is None else list(folds)
-    predictions_path = artifacts_dir / "predictions.parquet"
-    done = completed_runs(read_predictions(predictions_path)) if predictions_path.is_file() \
-        else set()
-    device = default_device(device)
-    features, perceptual = perceptual_network(setup.generator_width, seed=seed)
     cit_name, cit_width, cit_weights = setup.cit_classifier
-    loaded = None
-    out, histories = [], []
-    for rep in repetitions:
-        for fold in folds:
-            cit_key = (experiment, "fucitnet", cit_name, int(rep), int(fold))
-            sdnet_key = (experiment, "covid-sdnet", setup.sdnet[0], int(rep), int(fold))
-            if write_predictions and cit_key in done and (not with_sdnet or sdnet_key in done):
-                continue
-            if loaded is None:
-                ids = paths.index.to_numpy()
-                loaded = (pd.Index(ids), load_images(list(paths.to_numpy()), image_size,
-                                                     progress=progress))
-            index, array = loaded
-            split = fold_split(plan, rep, fold, val_fraction=val_fraction, seed=seed)
-            x = {name: array[index.get_indexer(ids)] for name, ids in split.items()}
-            y = {name: np.array([classes.index(labels[i]) for i in ids], dtype=np.int64)
-                 for name, ids in split.items()}
-            unit_seed = seed + 100 * int(rep) + int(fold)
-            torch.manual_seed(unit_seed)
-            classifier = _classifier_for_cit(cit_name, 2, image_size, cit_width, cit_weights)
-            start = time.perf_counter()
-            fit = train_cit(x["train"], y["train"], x["valid"], y["valid"], classifier, features,
-                            recipe, setup.generator_width, perceptual, seed=unit_seed,
-                            device=device)
-            cit_seconds = time.perf_counter() - start
-            stem = artifact_stem(experiment, "fucitnet", f"{cit_name}-lam{recipe.lam:g}", rep, fold)
-            folder = artifacts_dir / "cit"
-            folder.mkdir(parents=True, exist_ok=True)
-            torch.save({"generators": fit.generators.state_dict(),
-                        "classifier": fit.classifier.state_dict(),
-                        "classifier_args": fit.classifier.build_args, "classes": classes,
-                        "generator_width": setup.generator_width,
-                        "extra": {"experiment": experiment, "view": view,
-                                  "repetition": int(rep), "fold": int(fold),
-                                  "recipe": recipe.as_dict(), "best_epoch": int(fit.best_epoch),
-                                  "perceptual": perceptual}},
-                       folder / f"{stem}.pth")
-            pd.concat([pd.DataFrame({"image_id": split[n], "role": n}) for n in split]) \
-                .to_csv(folder / f"{stem}_split.csv", index=False)
-            history = fit.history.assign(experiment=experiment, lam=recipe.lam, repetition=rep,
-                                         fold=fold)
-            history.to_csv(folder / f"{stem}_history.csv", index=False)
-            histories.append(history)
+    sdnet_name, sdnet_recipe = setup.sdnet
+    settings = {
+        "unit": "cit", "view": view, "image_size": int(image_size),
+        "val_fraction": float(val_fraction), "seed": int(seed), "classes": classes,
+        "recipe": {k: v for k, v in recipe.as_dict().items() if k != "source"},
+        "cit_classifier": {"model": cit_name, "width": float(cit_width), "weights": cit_weights},
+        "generator_width": float(setup.generator_width),
+        "sdnet": {"model": sdnet_name, "width": float(setup.sdnet_width),
+                  "recipe": {k: v for k, v in sdnet_recipe.as_dict().items() if k != "source"}},
+        "inputs": data_hash(inputs),
+    }
+    cells = [(experiment, "fucitnet", cit_name)] \
+        + ([(experiment, "covid-sdnet", sdnet_name)] if with_sdnet else [])
+    config = {"setup": setup, "recipe": recipe, "view": view, "image_size": int(image_size),
+              "val_fraction": float(val_fraction), "seed": int(seed), "classes": classes,
+              "with_sdnet": bool(with_sdnet), "write_predictions": bool(write_predictions)}
+    return [make_spec("cit", experiment, "fucitnet", f"{cit_name}-lam{recipe.lam:g}", int(rep),
+                      int(fold), artifacts_dir, inputs_path, settings,
+                      row_cells=cells if write_predictions else [], config=config,
+                      device=None if device is None else str(device), progress=bool(progress))
+            for rep in repetitions for fold in folds]
 
-            test_ids, test_labels = split["test"], [labels[i] for i in split["test"]]
-            transformed = {n: transform_images(fit.generators, x[n], device=device)
-                           for n in (x if with_sdnet else ["test"])}
-            fused = fucitnet_probabilities(fit.generators, fit.classifier, x["test"], device,
-                                           transformed["test"])
-            run = {"experiment": experiment, "lam": recipe.lam, "repetition": rep, "fold": fold,
-                   "view": view, "image_size": image_size, "n_train": len(split["train"]),
-                   "n_valid": len(split["valid"]), "n_test": len(test_ids),
-                   "epochs_run": len(fit.history), "best_epoch": fit.best_epoch,
-                   "stopped_early": fit.stopped_early, "cit_seconds": round(cit_seconds, 2),
-                   "fucitnet_test_accuracy": float((fused.argmax(1) == y["test"]).mean()),
-                   "valid_accuracy": float(fit.history["valid_accuracy"].iloc[fit.best_epoch]),
-                   "cit_classifier": cit_name, "cit_init": classifier.init_description,
-                   "perceptual": perceptual, "recipe": recipe.name,
-                   "checkpoint": str((folder / f"{stem}.pth").relative_to(artifacts_dir)),
-                   "split": str((folder / f"{stem}_split.csv").relative_to(artifacts_dir)),
-                   "notes": " | ".join(fit.notes)}
-            new = [make_predictions(test_ids, test_labels, fused, classes, experiment=experiment,
-                                    model="fucitnet", method=cit_name, repetition=rep,
-                                    fold=fold)]
-            if with_sdnet:
-                new.append(_sdnet_fold(transformed, y, split, test_labels, classes, setup,
-                                       image_size, experiment, rep, fold, unit_seed,
-                                       artifacts_dir, device, run))
-            if write_predictions:
-                for part in new:
-                    append_predictions(predictions_path, part)
-            run["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-            _append_run(artifacts_dir, run)
-            out.append(run)
-    table = pd.DataFrame(out)
-    table.attrs["history"] = pd.concat(histories, ignore_index=True) if histories \
-        else pd.DataFrame()
-    return table
+
+#: What :func:`cit_fold` keeps between the folds it trains in one process: the last view's
+#: images and the perceptual network (the same for every fold of a run).
+_CIT_CACHE: dict[tuple, object] = {}
+
+
+def _cached(key: tuple, make):
+    if key not in _CIT_CACHE:
+        for old in [k for k in _CIT_CACHE if k[0] == key[0]]:
+            del _CIT_CACHE[old]
+        _CIT_CACHE[key] = make()
+    return _CIT_CACHE[key]
+
+
+def cit_fold(spec: FoldSpec) -> tuple[pd.DataFrame | None, dict, str, tuple]:
+    """Train and test one fold of :func:`cit_specs`: the generators and CiT classifier
+    (``cit/<stem>.pth``, ``_split.csv``, ``_history.csv``), then COVID-SDNet's network. Returns
+    (its predictions rows, or None without ``write_predictions``; its ``cit_runs.csv`` line;
+    that file's name; its key) for :func:`cxrlib.units.run_unit` to write as a shard."""
+    cfg = spec.config
+    setup, recipe, classes = cfg["setup"], cfg["recipe"], cfg["classes"]
+    experiment, view, image_size = spec.experiment, cfg["view"], cfg["image_size"]
+    rep, fold, seed = spec.repetition, spec.fold, cfg["seed"]
+    artifacts_dir = Path(spec.artifacts_dir)
+    inputs = read_inputs(spec.inputs)
+    plan = inputs[["image_id", "group", "repetition", "fold"]]
+    labels = inputs.drop_duplicates("image_id").set_index("image_id")["label"]
+    paths = inputs.dropna(subset=["path"]).drop_duplicates("image_id").set_index("image_id")["path"]
+    device = default_device(spec.device)
+    features, perceptual = _cached(("perceptual", setup.generator_width, seed),
+                                   lambda: perceptual_network(setup.generator_width, seed=seed))
+    index, array = _cached(("images", spec.inputs, image_size), lambda: (
+        pd.Index(paths.index.to_numpy()),
+        load_images(list(paths.to_numpy()), image_size, progress=spec.progress)))
+    cit_name, cit_width, cit_weights = setup.cit_classifier
+
+    split = fold_split(plan, rep, fold, val_fraction=cfg["val_fraction"], seed=seed)
+    x = {name: array[index.get_indexer(ids)] for name, ids in split.items()}
+    y = {name: np.array([classes.index(labels[i]) for i in ids], dtype=np.int64)
+         for name, ids in split.items()}
+    unit_seed = seed + 100 * int(rep) + int(fold)
+    torch.manual_seed(unit_seed)
+    classifier = _classifier_for_cit(cit_name, 2, image_size, cit_width, cit_weights)
+    start = time.perf_counter()
+    fit = train_cit(x["train"], y["train"], x["valid"], y["valid"], classifier, features,
+                    recipe, setup.generator_width, perceptual, seed=unit_seed,
+                    device=device)
+    cit_seconds = time.perf_counter() - start
+    stem = spec.stem
+    folder = artifacts_dir / "cit"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"generators": fit.generators.state_dict(),
+                "classifier": fit.classifier.state_dict(),
+                "classifier_args": fit.classifier.build_args, "classes": classes,
+                "generator_width": setup.generator_width,
+                "extra": {"experiment": experiment, "view": view,
+                          "repetition": int(rep), "fold": int(fold),
+                          "recipe": recipe.as_dict(), "best_epoch": int(fit.best_epoch),
+                          "perceptual": perceptual}},
+               folder / f"{stem}.pth")
+    pd.concat([pd.DataFrame({"image_id": split[n], "role": n}) for n in split]) \
+        .to_csv(folder / f"{stem}_split.csv", index=False)
+    history = fit.history.assign(experiment=experiment, lam=recipe.lam, repetition=rep,
+                                 fold=fold)
+    history.to_csv(folder / f"{stem}_history.csv", index=False)
+
+    test_ids, test_labels = split["test"], [labels[i] for i in split["test"]]
+    with_sdnet = cfg["with_sdnet"]
+    transformed = {n: transform_images(fit.generators, x[n], device=device)
+                   for n in (x if with_sdnet else ["test"])}
+    fused = fucitnet_probabilities(fit.generators, fit.classifier, x["test"], device,
+                                   transformed["test"])
+    run = {"experiment": experiment, "lam": recipe.lam, "repetition": rep, "fold": fold,
+           "view": view, "image_size": image_size, "n_train": len(split["train"]),
+           "n_valid": len(split["valid"]), "n_test": len(test_ids),
+           "epochs_run": len(fit.history), "best_epoch": fit.best_epoch,
+           "stopped_early": fit.stopped_early, "cit_seconds": round(cit_seconds, 2),
+           "fucitnet_test_accuracy": float((fused.argmax(1) == y["test"]).mean()),
+           "valid_accuracy": float(fit.history["valid_accuracy"].iloc[fit.best_epoch]),
+           "cit_classifier": cit_name, "cit_init": classifier.init_description,
+           "perceptual": perceptual, "recipe": recipe.name,
+           "checkpoint": str((folder / f"{stem}.pth").relative_to(artifacts_dir)),
+           "split": str((folder / f"{stem}_split.csv").relative_to(artifacts_dir)),
+           "notes": " | ".join(fit.notes)}
+    new = [make_predictions(test_ids, test_labels, fused, classes, experiment=experiment,
+                            model="fucitnet", method=cit_name, repetition=rep,
+                            fold=fold)]
+    if with_sdnet:
+        new.append(_sdnet_fold(transformed, y, split, test_labels, classes, setup,
+                               image_size, experiment, rep, fold, unit_seed,
+                               artifacts_dir, device, run))
+    run["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    rows = pd.concat(new, ignore_index=True) if cfg["write_predictions"] else None
+    return rows, run, RUNS_FILE, RUNS_KEY
 
 
 def _sdnet_fold(transformed: dict, y: dict, split: dict, test_labels: list, classes: list,

@@ -17,8 +17,13 @@ that validation part (never on the test fold), predicts the test fold and writes
 - ``logs/<stem>.csv``: the fastai CSV log, one line per epoch;
 - ``crossval_runs.csv``: one line per trained fold (sizes, epochs, time, weights' origin).
 
-The predictions are written last, so a fold counts as done exactly when its rows are in the
-table; a second call skips done folds, which makes an interrupted grid restartable.
+Each fold is a unit of work (:mod:`cxrlib.units`, built by :func:`crossval_specs`, trained by
+:func:`train_fold`) that any executor (:mod:`cxrlib.executors`: ``inline``, ``local``) may run:
+it writes its log, embeddings and checkpoint, then its shard (``shards/<stem>.<settings
+hash>.*``, written last); only the calling process merges shards into the predictions table and
+``crossval_runs.csv``. A fold counts as done when its rows are in the table with the same
+settings hash (``settings_hash`` column); a second call skips done folds, which makes an
+interrupted grid restartable, and refuses folds of the same cell made with other settings.
 
 :func:`holdout_plan` is seed 002's 80/20 hold-out as a plan (fold 0 is the test set, fold -1 the
 training set) and :func:`run_train_fraction_sweep` is seed 003's train-fraction sweep.
@@ -43,23 +48,24 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
-from tqdm.auto import tqdm
 
 from cxrlib.manifest import LABELS
 from cxrlib.models.classifiers import WIDTH_SCALABLE, build_classifier, save_classifier
 from cxrlib.predictions import (
-    RUN_KEY, RUNS_FILE, append_predictions, artifact_stem, completed_runs, make_predictions,
-    read_predictions, save_embeddings,
+    RUN_KEY, RUNS_FILE, artifact_stem, make_predictions, read_predictions, save_embeddings,
 )
-from cxrlib.run_folder import upsert_row
 from cxrlib.splits import check_split_plan, fold_split, split_groups
 from cxrlib.training import (
     DEFAULT_RECIPE, TrainingRecipe, default_device, get_recipe, load_images, predict,
     train_classifier,
 )
+from cxrlib.units import (
+    FoldSpec, data_hash, inputs_table, make_spec, read_inputs, run_units, write_inputs,
+)
 
 __all__ = ["GridEntry", "experiment_grid", "holdout_plan", "cohort_classes", "run_crossval",
-           "run_train_fraction_sweep", "read_runs", "PREDICTIONS_FILE", "RUNS_FILE"]
+           "crossval_specs", "train_fold", "run_train_fraction_sweep", "read_runs",
+           "PREDICTIONS_FILE", "RUNS_FILE"]
 
 PREDICTIONS_FILE = "predictions.parquet"
 
@@ -161,10 +167,6 @@ def read_runs(artifacts_dir: str | Path) -> pd.DataFrame:
     return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=list(RUN_KEY))
 
 
-def _append_run(artifacts_dir: Path, row: dict) -> None:
-    upsert_row(Path(artifacts_dir) / RUNS_FILE, row, RUN_KEY)
-
-
 def _resolve(path, data_root) -> Path:
     path = Path(path)
     if path.is_absolute():
@@ -205,6 +207,7 @@ def run_crossval(
     save_checkpoints: bool = True,
     device: str | torch.device | None = None,
     progress: bool = True,
+    executor=None,
 ) -> pd.DataFrame:
     """Train and test every cell of the grid on every fold of the plan; skip folds already done.
 
@@ -229,20 +232,69 @@ def run_crossval(
     save_embeddings_too, save_checkpoints : write those artifacts.
     device : default CUDA when available, else CPU.
     progress : a progress bar over the folds (fastai's own bars stay off; its logs go to CSV).
+    executor : where the folds train (:func:`cxrlib.executors.get_executor`: ``"inline"``,
+        ``"local"``, an executor, or None for the default: ``CXR_EXECUTOR``, else ``inline``
+        on a machine with fewer than two GPUs).
+
+    Each fold is a unit of work (:mod:`cxrlib.units`): it leaves a shard, merged into the
+    predictions table and ``crossval_runs.csv`` by this process only. A fold counts as done when
+    its rows carry the same settings hash; folds of a cell made with other settings (seed,
+    epochs, image size, width, recipe, split plan...) make the call fail
+    (:class:`cxrlib.units.UnitSettingsConflict`, naming the differences).
 
     Returns
     -------
-    The rows of the predictions table that belong to the grid (done now or before).
+    The rows of the predictions table that belong to the grid (done now or before), with the
+    ``settings_hash`` of each row.
     """
     artifacts_dir = Path(artifacts_dir)
     artifacts_dir.mkdir(parents=True, exist_ok=True)
+    specs = crossval_specs(images, manifest, plan, artifacts_dir, experiments, models,
+                           repetitions, folds, image_size, width, epochs, batch_size,
+                           val_fraction, seed, data_root, save_embeddings_too, save_checkpoints,
+                           device, progress)
+    run_units(specs, artifacts_dir, executor=executor, progress=progress,
+              desc="cross-validation")
+    predictions_path = artifacts_dir / PREDICTIONS_FILE
+    table = read_predictions(predictions_path) if predictions_path.is_file() else None
+    if table is None:
+        return pd.DataFrame()
+    wanted = {(s.experiment, s.model, s.method, s.repetition, s.fold) for s in specs}
+    in_grid = [tuple(r) in wanted for r in table[list(RUN_KEY)].itertuples(index=False, name=None)]
+    return table[np.asarray(in_grid, dtype=bool)].reset_index(drop=True)
+
+
+def crossval_specs(
+    images: pd.DataFrame,
+    manifest: pd.DataFrame,
+    plan: pd.DataFrame,
+    artifacts_dir: str | Path,
+    experiments: Sequence[str] | Mapping[str, str] = ("exp1",),
+    models: Sequence[str | tuple[str, str]] = ("covidnet",),
+    repetitions: Sequence[int] | None = None,
+    folds: Sequence[int] | None = None,
+    image_size: int = 224,
+    width: float = 1.0,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    data_root: str | Path | None = None,
+    save_embeddings_too: bool = True,
+    save_checkpoints: bool = True,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> list[FoldSpec]:
+    """The units of :func:`run_crossval` (same parameters), one per (cell, repetition, fold),
+    experiments outermost; writes their inputs tables under ``artifacts/shards/inputs/``."""
+    artifacts_dir = Path(artifacts_dir)
     for col in ("image_id", "view", "path"):
         if col not in images.columns:
             raise ValueError(f"images table lacks column '{col}' (expected build_views' output)")
     check_split_plan(plan)
     grid = experiment_grid(experiments, models)
     classes = cohort_classes(manifest)
-    label_of = manifest.set_index("image_id")["label"].astype(str)
+    label_of = manifest.drop_duplicates("image_id").set_index("image_id")["label"].astype(str)
     not_in_manifest = ~plan["image_id"].isin(label_of.index)
     if not_in_manifest.any():
         raise ValueError(f"split plan image {plan['image_id'][not_in_manifest].iloc[0]!r} is not "
@@ -253,110 +305,129 @@ def run_crossval(
             raise ValueError(f"experiment {entry.experiment!r} needs view {entry.view!r}, which "
                              f"the images table lacks (it has {sorted(known_views)})")
     repetitions = sorted(plan["repetition"].unique()) if repetitions is None else list(repetitions)
-    units = []
+    overrides = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size)) if v is not None}
+    inputs: dict[str, tuple[Path, str]] = {}
+    specs = []
     for entry in grid:
+        if entry.view not in inputs:
+            rows = images[images["view"] == entry.view].drop_duplicates("image_id")
+            paths = rows.set_index("image_id")["path"].map(lambda p: str(_resolve(p, data_root)))
+            table = inputs_table(plan, label_of, paths)
+            inputs[entry.view] = (write_inputs(artifacts_dir, table), data_hash(table))
+        inputs_path, data = inputs[entry.view]
+        recipe = entry.recipe.with_overrides(**overrides)
+        model_width = float(width) if entry.model in WIDTH_SCALABLE and recipe.weights is None \
+            else 1.0
+        settings = {
+            "unit": "classifier", "view": entry.view, "model": entry.model,
+            "recipe": {k: v for k, v in recipe.as_dict().items() if k != "source"},
+            "image_size": int(image_size), "width": model_width,
+            "val_fraction": float(val_fraction), "seed": int(seed), "classes": list(classes),
+            "inputs": data,
+        }
+        config = {"view": entry.view, "recipe": recipe, "image_size": int(image_size),
+                  "width": model_width, "val_fraction": float(val_fraction), "seed": int(seed),
+                  "classes": list(classes)}
         for rep in repetitions:
             in_plan = plan.loc[plan["repetition"] == rep, "fold"].unique()
             rep_folds = sorted(int(f) for f in in_plan if f >= 0)
             if not rep_folds:
                 raise ValueError(f"repetition {rep} is not in the split plan")
             for fold in (rep_folds if folds is None else list(folds)):
-                units.append((entry, int(rep), int(fold)))
-
-    predictions_path = artifacts_dir / PREDICTIONS_FILE
-    existing = read_predictions(predictions_path) if predictions_path.is_file() else None
-    done = completed_runs(existing)
-    device = default_device(device)
-    loaded: dict[str, _ViewImages] = {}
-
-    bar = tqdm(units, desc="cross-validation", disable=not progress)
-    for entry, rep, fold in bar:
-        key = (entry.experiment, entry.model, entry.method, rep, fold)
-        if key in done:
-            continue
-        bar.set_postfix_str(f"{entry.experiment} {entry.model} r{rep} f{fold}")
-        if entry.view not in loaded:
-            rows = images[images["view"] == entry.view].drop_duplicates("image_id")
-            paths = rows.set_index("image_id")["path"].map(lambda p: _resolve(p, data_root))
-            loaded[entry.view] = _ViewImages(paths, image_size, progress)
-        view = loaded[entry.view]
-        _run_fold(entry, rep, fold, view, plan, label_of, classes, artifacts_dir,
-                             image_size, width, epochs, batch_size, val_fraction, seed,
-                             save_embeddings_too, save_checkpoints, device)
-    bar.close()
-
-    table = read_predictions(predictions_path) if predictions_path.is_file() else None
-    if table is None:
-        return pd.DataFrame()
-    wanted = {(u[0].experiment, u[0].model, u[0].method, u[1], u[2]) for u in units}
-    in_grid = [tuple(r) in wanted for r in table[list(RUN_KEY)].itertuples(index=False, name=None)]
-    return table[np.asarray(in_grid, dtype=bool)].reset_index(drop=True)
+                specs.append(make_spec(
+                    "classifier", entry.experiment, entry.model, entry.method, int(rep),
+                    int(fold), artifacts_dir, inputs_path, settings,
+                    row_cells=[(entry.experiment, entry.model, entry.method)], config=config,
+                    save_embeddings=bool(save_embeddings_too),
+                    save_checkpoints=bool(save_checkpoints),
+                    device=None if device is None else str(device), progress=bool(progress)))
+    return specs
 
 
-def _run_fold(entry: GridEntry, rep: int, fold: int, view: _ViewImages, plan: pd.DataFrame,
-              label_of: pd.Series, classes: list[str], artifacts_dir: Path, image_size: int,
-              width: float, epochs: int | None, batch_size: int | None, val_fraction: float,
-              seed: int, save_embeddings_too: bool, save_checkpoints: bool,
-              device: torch.device) -> pd.DataFrame:
-    """Train, select and test one fold; write its artifacts, the predictions last."""
-    split = fold_split(plan, rep, fold, val_fraction=val_fraction, seed=seed)
+#: The last view's images read by :func:`train_fold` in this process: (inputs path, size) ->
+#: images. Consecutive folds of one view (the grid's order) read them once.
+_VIEW_CACHE: dict[tuple[str, int], "_ViewImages"] = {}
+
+
+def _view_images(spec: FoldSpec, paths: pd.Series, image_size: int) -> "_ViewImages":
+    key = (spec.inputs, image_size)
+    if key not in _VIEW_CACHE:
+        _VIEW_CACHE.clear()
+        _VIEW_CACHE[key] = _ViewImages(paths, image_size, spec.progress)
+    return _VIEW_CACHE[key]
+
+
+def train_fold(spec: FoldSpec) -> tuple[pd.DataFrame, dict, str, tuple]:
+    """Train, select and test one classifier fold (a unit of :func:`crossval_specs`); write its
+    log, embeddings and checkpoint. Returns (its predictions rows, its ``crossval_runs.csv``
+    row, that file's name, its key) for :func:`cxrlib.units.run_unit` to write as a shard."""
+    cfg = spec.config
+    rep, fold = spec.repetition, spec.fold
+    artifacts_dir = Path(spec.artifacts_dir)
+    inputs = read_inputs(spec.inputs)
+    plan = inputs[["image_id", "group", "repetition", "fold"]]
+    label_of = inputs.drop_duplicates("image_id").set_index("image_id")["label"]
+    with_view = inputs.dropna(subset=["path"]).drop_duplicates("image_id")
+    view = _view_images(spec, with_view.set_index("image_id")["path"], cfg["image_size"])
+    classes, image_size = cfg["classes"], cfg["image_size"]
+    device = default_device(spec.device)
+
+    split = fold_split(plan, rep, fold, val_fraction=cfg["val_fraction"], seed=cfg["seed"])
     missing = {name: int((~np.isin(ids, view.index)).sum()) for name, ids in split.items()}
     if any(missing.values()):
-        warnings.warn(f"{entry.experiment} r{rep} f{fold}: images without view {entry.view!r} are "
-                      f"left out ({missing})", UserWarning, stacklevel=3)
+        warnings.warn(f"{spec.experiment} r{rep} f{fold}: images without view {cfg['view']!r} "
+                      f"are left out ({missing})", UserWarning, stacklevel=2)
     split = {name: ids[np.isin(ids, view.index)] for name, ids in split.items()}
     if not len(split["valid"]):
-        raise ValueError(f"{entry.experiment} r{rep} f{fold}: no validation images; model "
+        raise ValueError(f"{spec.experiment} r{rep} f{fold}: no validation images; model "
                          "selection needs val_fraction > 0")
     class_index = {c: i for i, c in enumerate(classes)}
     y = {name: np.array([class_index[label_of[i]] for i in ids], dtype=np.int64)
          for name, ids in split.items()}
 
-    recipe = entry.recipe
-    overrides = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size)) if v is not None}
-    recipe = recipe.with_overrides(**overrides)
-    model_width = width if entry.model in WIDTH_SCALABLE and recipe.weights is None else 1.0
-    unit_seed = seed + 100 * rep + fold
+    recipe = cfg["recipe"]
+    model_width = cfg["width"]
+    unit_seed = cfg["seed"] + 100 * rep + fold
     torch.manual_seed(unit_seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the fallback is recorded in init_description
-        model = build_classifier(entry.model, len(classes), image_size=image_size,
+        model = build_classifier(spec.model, len(classes), image_size=image_size,
                                  width=model_width, weights=recipe.weights,
                                  freeze_trunk=recipe.freeze_trunk,
                                  hidden_units=recipe.hidden_units)
-    stem = artifact_stem(entry.experiment, entry.model, entry.method, rep, fold)
+    stem = spec.stem
     log_path = artifacts_dir / "logs" / f"{stem}.csv"
     fit = train_classifier(model, view.take(split["train"]), y["train"], view.take(split["valid"]),
                            y["valid"], recipe, classes, log_path=log_path, seed=unit_seed,
                            device=device, progress=False)
 
-    names = ("train", "valid", "test") if save_embeddings_too else ("test",)
+    names = ("train", "valid", "test") if spec.save_embeddings else ("test",)
     order = np.concatenate([split[n] for n in names])
     probabilities, embeddings = predict(fit.model, view.take(order), device=device)
-    if save_embeddings_too:
+    if spec.save_embeddings:
         save_embeddings(artifacts_dir / "embeddings" / f"{stem}.npz", order,
                         np.repeat(names, [len(split[n]) for n in names]), embeddings,
                         [label_of[i] for i in order])
-    if save_checkpoints:
+    if spec.save_checkpoints:
         save_classifier(fit.model, artifacts_dir / "checkpoints" / f"{stem}.pth", classes,
-                        extra={"experiment": entry.experiment, "view": entry.view,
-                               "method": entry.method, "repetition": rep, "fold": fold,
+                        extra={"experiment": spec.experiment, "view": cfg["view"],
+                               "method": spec.method, "repetition": rep, "fold": fold,
                                "recipe": recipe.as_dict(), "best_epoch": fit.best_epoch})
     n_test = len(split["test"])
     rows = make_predictions(order[-n_test:], [label_of[i] for i in order[-n_test:]],
-                            probabilities[-n_test:], classes, experiment=entry.experiment,
-                            model=entry.model, method=entry.method, repetition=rep, fold=fold)
-    _append_run(artifacts_dir, {
-        "experiment": entry.experiment, "model": entry.model, "method": entry.method,
-        "repetition": rep, "fold": fold, "view": entry.view, "image_size": image_size,
+                            probabilities[-n_test:], classes, experiment=spec.experiment,
+                            model=spec.model, method=spec.method, repetition=rep, fold=fold)
+    run = {
+        "experiment": spec.experiment, "model": spec.model, "method": spec.method,
+        "repetition": rep, "fold": fold, "view": cfg["view"], "image_size": image_size,
         "width": model_width, "n_train": len(split["train"]), "n_valid": len(split["valid"]),
         "n_test": n_test, "epochs_run": len(fit.history), "best_epoch": fit.best_epoch,
         "stopped_early": fit.stopped_early, "train_seconds": round(fit.seconds, 2),
         "device": str(device), "init": model.init_description,
         "log": str(log_path.relative_to(artifacts_dir)), "notes": " | ".join(fit.notes),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-    })
-    return append_predictions(artifacts_dir / PREDICTIONS_FILE, rows)
+    }
+    return rows, run, RUNS_FILE, RUN_KEY
 
 
 def run_train_fraction_sweep(

@@ -34,10 +34,10 @@ from cxrlib.training import DEFAULT_RECIPE, TrainingRecipe, get_recipe
 
 __all__ = [
     "ClassifierSetup", "classifier_setup", "recipe_for", "read_views", "without_severity",
-    "severity_accuracy", "table4_beside_paper", "cutoff_beside_paper", "global_beside_paper",
-    "binary_metrics", "binary_beside_paper", "cit_rows", "CIT_PAPER_METHODS",
+    "severity_accuracy", "table4_beside_paper", "cutoff_beside_paper", "format_cutoff",
+    "global_beside_paper", "binary_metrics", "binary_beside_paper", "cit_rows", "CIT_PAPER_METHODS",
     "severity_beside_paper", "init_sentence", "compare_experiments", "plot_mean_roc",
-    "plot_confusion_matrices", "plot_training_curves",
+    "plot_auc_by_train_fraction", "plot_confusion_matrices", "plot_training_curves",
 ]
 
 #: Notebook 02's models (``cxrlib.cit``) and their names in seed 000's Tables 5 and 7.
@@ -406,6 +406,27 @@ def plot_mean_roc(mean_curves: pd.DataFrame, title: str = ""):
     return fig
 
 
+def plot_auc_by_train_fraction(table: pd.DataFrame, positive: str = "covid19"):
+    """Seed 003's Fig. 4a: the held-out AUC of ``positive`` against the rest per share of
+    patients trained on, one line per (view, model, method) of
+    :func:`cxrlib.metrics.auc_by_train_fraction`'s table. Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    if table.empty:
+        raise ValueError("no train fraction to plot")
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    for (view, model, method), part in table.groupby(["view", "model", "method"], sort=False):
+        part = part.sort_values("train_fraction")
+        ax.plot(100 * part["train_fraction"], part["auc"], marker="o",
+                label=f"{view} / {model} ({method})")
+    ax.set(xlabel="patients trained on (%)", ylabel=f"AUC, {positive} vs rest (held-out)",
+           xlim=(0, 100), ylim=(min(0.5, table["auc"].min() - 0.02), 1.0))
+    ax.set_title("Held-out AUC by training share (seed 003, Fig. 4a)", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
 def plot_confusion_matrices(matrices: pd.DataFrame, title: str = ""):
     """One heat map per (experiment, model, method) of
     :func:`cxrlib.metrics.confusion_matrices` (rows: true class, columns: predicted; the cell
@@ -509,3 +530,27 @@ def cutoff_beside_paper(
     order = {m: i for i, m in enumerate(CUTOFF_METRICS)}
     return out.sort_values([*RUN_KEY[:-1], "positive", "metric"], key=lambda c: c.map(order)
                            if c.name == "metric" else c, ignore_index=True)
+
+
+def format_cutoff(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`cutoff_beside_paper`'s table for reading: one row per model and class, a column per
+    metric with ours and the 95% interval, then the paper's (rates in percent, LR+ and LR- as
+    ratios, the cut-off as a probability)."""
+    def cell(value, low=np.nan, high=np.nan, percent=True):
+        if pd.isna(value):
+            return ""
+        scale, fmt = (100, "{:.1f}") if percent else (1, "{:.2f}")
+        text = fmt.format(scale * value)
+        return text + (f" [{fmt.format(scale * low)}, {fmt.format(scale * high)}]"
+                       if pd.notna(low) else "")
+    rows = []
+    keys = [*RUN_KEY[:-1], "positive", "level", "n"]
+    for key, part in table.groupby(keys, sort=False):
+        row = dict(zip(keys, key))
+        for rec in part.itertuples(index=False):
+            percent = rec.metric not in ("lr_plus", "lr_minus", "threshold")
+            row[rec.metric] = cell(rec.value, rec.ci_low, rec.ci_high, percent)
+            if rec.metric != "threshold":
+                row[f"{rec.metric} (paper)"] = cell(rec.paper, percent=percent)
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -18,6 +18,9 @@ p_<class>      out-of-fold probability of each class present (``p_control``, ``p
 predicted      the class of highest probability
 ============== =========================================================================
 
+Rows written by a fold training (:mod:`cxrlib.units`) also carry ``settings_hash``, the hash of
+the settings of the unit that made them; the other columns keep their contract.
+
 The key is (experiment, model, method, repetition, image_id): :func:`append_predictions` replaces
 rows with the same key and never duplicates them. A trained fold leaves three more artifacts,
 whose paths come from :func:`artifact_stem`: ``embeddings/<stem>.npz`` (penultimate-layer
@@ -195,15 +198,25 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
 def append_predictions(path: str | Path, new: pd.DataFrame) -> pd.DataFrame:
     """Merge ``new`` into the parquet file at ``path`` (created if absent) and return the table.
 
-    The file is replaced atomically, so an interrupted run leaves the previous table intact.
+    The file is replaced atomically (written to a temporary file of its own, then renamed), so
+    an interrupted run leaves the previous table intact. Read, merge and replace are not one
+    step: processes that train concurrently write shards instead, merged by one writer
+    (:mod:`cxrlib.units`).
     """
+    import tempfile
+
     path = Path(path)
     existing = read_predictions(path) if path.is_file() else None
     merged = merge_predictions(existing, new)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    merged.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        merged.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return merged
 
 
@@ -226,8 +239,9 @@ def average_by_patient(
     ----------
     predictions : image-level predictions table.
     manifest : gives ``patient_id`` (and ``study_date``) of each ``image_id``.
-    same_day : average only images taken the same day (seed 003); images without a date are
-        averaged together per patient. False averages all of a patient's images.
+    same_day : average only images taken the same day (seed 003); images without a date (or a
+        manifest without ``study_date``) are averaged together per patient. False averages all
+        of a patient's images.
 
     Returns
     -------
@@ -238,9 +252,9 @@ def average_by_patient(
     """
     classes = classes_of(predictions)
     p_cols = probability_columns(classes)
-    need = {"image_id", "patient_id"} | ({"study_date"} if same_day else set())
-    df = join_manifest(predictions, manifest, sorted(need - {"image_id"}),
-                       what="the predictions (averaged by patient)")
+    same_day = same_day and "study_date" in manifest.columns
+    need = ["patient_id"] + (["study_date"] if same_day else [])
+    df = join_manifest(predictions, manifest, need, what="the predictions (averaged by patient)")
     df["patient_id"] = df["patient_id"].astype(str)
     if same_day:
         date = df["study_date"].astype(object).where(df["study_date"].notna(), "")

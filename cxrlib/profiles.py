@@ -80,6 +80,8 @@ class Profile:
         :mod:`cxrlib.models`) or ``""`` (random).
     sdnet_model : the network of COVID-SDNet's 4-class classifier (ResNet-50 in seed 000; its
         recipe follows the model as for ``cls_binary_model``).
+    sweep_train_fractions : the shares of patients notebook 03 trains on in seed 003's
+        train-fraction sweep (one hold-out COVID-Net on ``exp1`` per share; empty: no sweep).
     probe_size : side of notebook 04's shortcut probes' images, px.
     probe_epochs : COVID-Net epochs of each shortcut probe.
     cit_width : channel multiplier of notebook 02's class-inherent-transformation generators and
@@ -131,6 +133,7 @@ class Profile:
     sdnet_model: str
     probe_size: int
     probe_epochs: int
+    sweep_train_fractions: tuple[float, ...]
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -161,6 +164,7 @@ PROFILES: dict[str, Profile] = {
         cell_timeout_s=600,
         paper_schedules=False, cit_recipe="fucitnet-fast", cit_classifier="covidnet",
         cit_classifier_weights="", sdnet_model="covidnet", probe_size=64, probe_epochs=1,
+        sweep_train_fractions=(0.5, 0.9),
     ),
     "default": Profile(
         name="default", n_arias=1200, n_covidgr=400, synth_size=256, image_size=128, seg_size=128,
@@ -176,6 +180,7 @@ PROFILES: dict[str, Profile] = {
         cell_timeout_s=3600,
         paper_schedules=False, cit_recipe="fucitnet-fast", cit_classifier="covidnet",
         cit_classifier_weights="", sdnet_model="covidnet", probe_size=64, probe_epochs=3,
+        sweep_train_fractions=(0.33, 0.9),
     ),
     "paper": Profile(
         name="paper", n_arias=8000, n_covidgr=852, synth_size=1024, image_size=224, seg_size=256,
@@ -191,7 +196,7 @@ PROFILES: dict[str, Profile] = {
         cell_timeout_s=86400,
         paper_schedules=True, cit_recipe="fucitnet2020", cit_classifier="resnet18",
         cit_classifier_weights="imagenet", sdnet_model="resnet50", probe_size=224,
-        probe_epochs=24,
+        probe_epochs=24, sweep_train_fractions=(0.33, 0.5, 0.66, 0.9),
     ),
 }
 

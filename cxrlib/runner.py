@@ -36,7 +36,9 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
+import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -44,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cxrlib.checklist import reviewer_reports_html
+from cxrlib.landing import HEADLINE_CSS, headline_html, shown_path
 from cxrlib.parameters import resolve_parameters
 from cxrlib.paths import NOTEBOOKS_DIR, REPO_ROOT, REPORTS_DIR
 from cxrlib.profiles import get_profile
@@ -80,11 +83,24 @@ class NotebookFailed(RuntimeError):
         )
 
 
+class NotebookSubmitted(RuntimeError):
+    """A notebook submitted its fold trainings as SLURM jobs and stopped (``--no-wait``,
+    :class:`cxrlib.executors.UnitsSubmitted`); the same run started again reattaches to them."""
+
+    def __init__(self, notebook: str, cohort: str, message: str):
+        self.notebook, self.cohort = notebook, cohort
+        super().__init__(f"notebook {notebook} on cohort '{cohort}': {message}")
+
+
+#: The start of a :class:`NotebookFailed` error that is a ``--no-wait`` submission.
+_SUBMITTED = "UnitsSubmitted: "
+
+
 @dataclass
 class NotebookResult:
     notebook: str
     cohort: str
-    status: str  # "ok" | "failed" | "skipped"
+    status: str  # "ok" | "failed" | "skipped" | "submitted" (--no-wait: its SLURM jobs run)
     seconds: float = 0.0
     ipynb: str | None = None
     html: str | None = None
@@ -115,6 +131,10 @@ class RunRecord:
     profile_fields: dict = field(default_factory=dict)
     #: git, manifests, system and packages (:func:`cxrlib.provenance.collect_provenance`)
     provenance: dict = field(default_factory=dict)
+    #: where the fold trainings ran (:func:`cxrlib.executors.executor_settings`: ``name``, and
+    #: for ``local`` its workers, threads per worker and GPUs); not a setting of the run folder,
+    #: since every executor gives the same tables
+    executor: dict = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, path: str | Path) -> "RunRecord":
@@ -190,12 +210,30 @@ def versions() -> dict:
     return out
 
 
+#: The header Python prints above a warning (``/path/file.py:15: UserWarning: message``,
+#: then the source line, indented): the file is a path of the machine (the kernel's temporary
+#: cell file, the installation); a report keeps the category and the message.
+_WARNING_HEADER = re.compile(r"^[^\n]*?\.py:\d+: (\w+): ([^\n]*\n?)(?:  [^\n]*\n?)?", re.M)
+
+
+def plain_warnings(text: str) -> str:
+    """``text`` (a cell's stderr) with every warning's file and line, and the echoed source
+    line, left out: ``UserWarning: message``."""
+    return _WARNING_HEADER.sub(r"\1: \2", text)
+
+
 def render_html(ipynb: Path, html_path: Path, with_code: bool = False) -> Path:
-    """Render an executed notebook to HTML; the reviewer version hides code cells."""
+    """Render an executed notebook to HTML; the reviewer version hides code cells and the file
+    each warning came from (:func:`plain_warnings`)."""
     import nbformat
     from nbconvert import HTMLExporter
 
     nb = nbformat.read(ipynb, as_version=4)
+    if not with_code:
+        for cell in nb.cells:
+            for output in cell.get("outputs", []):
+                if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                    output["text"] = plain_warnings(output["text"])
     exporter = HTMLExporter(
         exclude_input=not with_code,
         exclude_input_prompt=not with_code,
@@ -381,24 +419,45 @@ def run_notebook(nb: Path, cohort: str, out: Path, params: dict, claim: dict, re
     try:
         res = execute_notebook(nb, cohort_dir, params, cohort, kernel_name, html,
                                cell_timeout_s=cell_timeout_s)
-    except (NotebookFailed, KeyboardInterrupt) as exc:
-        error = str(exc).splitlines()[0] if isinstance(exc, NotebookFailed) else "interrupted"
-        res = NotebookResult(nb.name, cohort, "failed", ipynb=nb.name,
-                             html=nb.stem + ".html" if html else None, error=error,
+    except NotebookFailed as exc:
+        if not exc.error.startswith(_SUBMITTED):
+            raise _failed(exc, nb, cohort, out, cohort_dir, claim, entries, record, before,
+                          started, html)
+        # --no-wait: its units run as SLURM jobs; nothing failed, nothing is set aside
+        message = exc.error[len(_SUBMITTED):].split(" (execution count")[0]
+        res = NotebookResult(nb.name, cohort, "submitted", ipynb=nb.name,
+                             html=nb.stem + ".html" if html else None, error=message,
                              started=started, finished=_now())
-        own, shared = failed_outputs(entries, nb.name, changed_outputs(cohort_dir, before))
-        moved = set_aside_outputs(cohort_dir, nb.stem, own)
-        rebuilt = _rebuild_flow(cohort_dir, moved)
-        entries[nb.name] = {**asdict(res), "started": started, "outputs": [],
-                            "set_aside": moved, "stale": [f for f in shared if f not in rebuilt]}
+        entries[nb.name] = {**asdict(res), "outputs": changed_outputs(cohort_dir, before)}
         record.results.append(res)
         write_run_claim(out, claim)
-        raise
+        raise NotebookSubmitted(nb.name, cohort, message) from None
+    except KeyboardInterrupt as exc:
+        raise _failed(exc, nb, cohort, out, cohort_dir, claim, entries, record, before, started,
+                      html)
     res.started, res.finished = started, _now()
     entries[nb.name] = {**asdict(res), "outputs": changed_outputs(cohort_dir, before)}
     record.results.append(res)
     write_run_claim(out, claim)
     return res
+
+
+def _failed(exc, nb: Path, cohort: str, out: Path, cohort_dir: Path, claim: dict, entries: dict,
+            record: RunRecord, before: dict, started: str, html: bool) -> BaseException:
+    """Record a notebook that failed (or was interrupted), set its outputs aside; return the
+    exception to raise."""
+    error = str(exc).splitlines()[0] if isinstance(exc, NotebookFailed) else "interrupted"
+    res = NotebookResult(nb.name, cohort, "failed", ipynb=nb.name,
+                         html=nb.stem + ".html" if html else None, error=error,
+                         started=started, finished=_now())
+    own, shared = failed_outputs(entries, nb.name, changed_outputs(cohort_dir, before))
+    moved = set_aside_outputs(cohort_dir, nb.stem, own)
+    rebuilt = _rebuild_flow(cohort_dir, moved)
+    entries[nb.name] = {**asdict(res), "started": started, "outputs": [],
+                        "set_aside": moved, "stale": [f for f in shared if f not in rebuilt]}
+    record.results.append(res)
+    write_run_claim(out, claim)
+    return exc
 
 
 def run_study(
@@ -413,6 +472,11 @@ def run_study(
     notebooks_dir: Path = NOTEBOOKS_DIR,
     parameters: dict | None = None,
     fresh: bool = False,
+    executor: str | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    slurm_config: str | Path | None = None,
+    no_wait: bool = False,
     log=print,
 ) -> RunRecord:
     """Run the notebooks in order on each cohort and write the run folder and its index.
@@ -430,14 +494,31 @@ def run_study(
         :func:`cxrlib.parameters.resolve_parameters`); each notebook receives those it declares.
     fresh : first move the run folder's content aside (to ``<out_dir>.replaced-<date-time>``,
         :func:`cxrlib.run_folder.set_aside_folder`); nothing is deleted.
+    executor, workers, threads : where the notebooks train their folds (:mod:`cxrlib.executors`:
+        ``auto`` | ``inline`` | ``local`` | ``slurm``; None: ``CXR_EXECUTOR``, else ``auto``),
+        the local executor's worker processes and torch threads per worker; passed to the
+        notebooks' kernels as ``CXR_EXECUTOR``, ``CXR_WORKERS``, ``CXR_THREADS`` and recorded in
+        ``run.json``.
+    slurm_config, no_wait : the SLURM executor's settings file (YAML,
+        :func:`cxrlib.executors.read_slurm_config`) and whether to submit the jobs and stop: a
+        notebook that submitted is ``submitted`` (its outputs are kept, the cohort's later
+        notebooks wait), the run's status is ``submitted``, and the same run started again
+        reattaches to the jobs and merges their results.
 
     Returns the :class:`RunRecord`; raises :class:`NotebookFailed` at the first failing notebook
     after writing the index (which shows the failure), and
     :class:`cxrlib.run_folder.RunFolderConflict` (a ValueError), before anything runs, when the
     run folder belongs to other settings or holds another manifest for one of the cohorts.
     """
+    from cxrlib.executors import (
+        ENV_EXECUTOR, ENV_NO_WAIT, ENV_SLURM_CONFIG, ENV_THREADS, ENV_WORKERS, executor_settings,
+    )
+
     notebooks = list_notebooks(only, notebooks_dir)
     resolved = resolve_parameters(parameters or {}, notebooks)
+    executor_record = executor_settings(  # checked before anything runs
+        executor, workers, threads, str(Path(slurm_config).resolve()) if slurm_config else None,
+        wait=not no_wait)
     prof = get_profile(profile, resolved.profile_overrides)
     check_kernel(kernel_name)
     out = Path(out_dir).resolve() if out_dir else default_out_dir(prof.name)
@@ -462,8 +543,17 @@ def run_study(
                        settings_hash=claim["settings_hash"],
                        manifest_hashes={n: claim["cohorts"][n]["manifest_hash"] for n in names},
                        profile_fields=prof.as_dict(),
-                       provenance=collect_provenance(cohort_manifests))
+                       provenance=collect_provenance(cohort_manifests),
+                       executor=executor_record)
     t_run = time.perf_counter()
+    env = {ENV_EXECUTOR: executor_record["name"],
+           ENV_WORKERS: str(executor_record.get("workers") or ""),
+           ENV_THREADS: str(executor_record.get("threads") or ""),
+           ENV_SLURM_CONFIG: str(executor_record.get("config") or ""),
+           ENV_NO_WAIT: "" if executor_record.get("wait", True) else "1"}
+    saved_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the notebooks' kernels inherit the runner's environment
+    submitted: list[str] = []
     try:
         for name in names:
             for nb in notebooks:
@@ -483,14 +573,24 @@ def run_study(
                 try:
                     res = run_notebook(nb, name, out, params, claim, record, kernel_name, html,
                                        cell_timeout_s=prof.cell_timeout_s)
+                except NotebookSubmitted as exc:
+                    submitted.append(str(exc))
+                    log(f"[{name}] {nb.stem}: submitted SLURM jobs (--no-wait); this cohort's "
+                        "later notebooks wait for the next run")
+                    break
                 except (NotebookFailed, KeyboardInterrupt):
                     record.status = "failed"
                     log(f"[{name}] {nb.stem}: FAILED (its outputs moved to "
                         f"{name}/{STALE_DIR}/{nb.stem}/)")
                     raise
                 log(f"[{name}] {nb.stem}: ok in {res.seconds:.0f} s")
-        record.status = "ok"
+        record.status = "submitted" if submitted else "ok"
     finally:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         record.finished = dt.datetime.now().isoformat(timespec="seconds")
         record.seconds = round(time.perf_counter() - t_run, 1)
         write_run_claim(out, claim)
@@ -550,8 +650,8 @@ def _report_row(r: dict, esc=html.escape) -> str:
     cohort, status = r["cohort"], r.get("status", "")
     link = (f"<a href='{esc(cohort)}/{esc(r['html'])}'>{esc(r['html'])}</a>"
             if r.get("html") else "")
-    nb = (f"<a href='{esc(cohort)}/{esc(r['ipynb'])}'>{esc(r['ipynb'])}</a>"
-          if r.get("ipynb") else "")
+    nb = (f"<a href='{esc(cohort)}/{esc(r['ipynb'])}'>{'with code' if link else esc(r['ipynb'])}"
+          "</a>" if r.get("ipynb") else "")
     notes = [r["error"]] if r.get("error") else []
     if r.get("set_aside"):
         notes.append(f"its {len(r['set_aside'])} output file(s) were moved to "
@@ -561,8 +661,9 @@ def _report_row(r: dict, esc=html.escape) -> str:
     note = "".join(f"<br><small>{esc(n)}</small>" for n in notes)
     return (f"<tr><td>{esc(cohort)}</td><td>{esc(r['notebook'])}</td>"
             f"<td class='{esc(status)}'>{esc(status)}{note}</td>"
-            f"<td>{esc(str(r.get('started') or '')[:19])}</td><td>{r.get('seconds') or 0:.0f}</td>"
-            f"<td>{link}</td><td>{nb}</td></tr>")
+            f"<td class='nowrap'>{esc(str(r.get('started') or '')[:16].replace('T', ' '))}</td>"
+            f"<td>{r.get('seconds') or 0:.0f}</td>"
+            f"<td>{link}{f' ({nb})' if link and nb else nb}</td></tr>")
 
 
 def _provenance_html(prov: dict, esc=html.escape) -> str:
@@ -575,9 +676,9 @@ def _provenance_html(prov: dict, esc=html.escape) -> str:
               + (" <b>with uncommitted changes (dirty)</b>" if git.get("dirty") else " (clean)")
               if git.get("commit") else esc(git.get("error") or "unknown"))
     rows = "".join(
-        f"<tr><td>{esc(name)}</td><td><code>{esc(str(m.get('path')))}</code><br>"
+        f"<tr><td>{esc(name)}</td><td><code>{esc(shown_path(m.get('path')))}</code><br>"
         f"<small>sha256 {esc(str(m.get('sha256')))}</small></td><td>"
-        + (f"<code>{esc(str(m['sidecar']))}</code><br><small>sha256 "
+        + (f"<code>{esc(shown_path(m['sidecar']))}</code><br><small>sha256 "
            f"{esc(str(m.get('sidecar_sha256')))}</small>" if m.get("sidecar") else "none")
         + f"</td><td>{m.get('images', '')}</td><td><small>"
         + esc(", ".join(f"{k}: {v}" for k, v in (m.get("images_per_source") or {}).items()))
@@ -587,17 +688,34 @@ def _provenance_html(prov: dict, esc=html.escape) -> str:
                      f"{g.get('cuda')})" for g in system.get("gpus") or []) or "none"
     packages = prov.get("packages") or []
     return (
-        "<h2>Provenance</h2>"
+        "<h2 id='provenance'>Provenance</h2>"
         f"<p>Code: git commit {commit}.</p>"
-        + ("<table><tr><th>cohort</th><th>manifest</th><th>sidecar</th><th>images</th>"
+        + ("<table class='prov'><tr><th>cohort</th><th>manifest</th><th>sidecar</th><th>images</th>"
            "<th>images per source</th></tr>" + rows + "</table>" if rows else "")
         + "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in (
             ("Python", f"{system.get('python')} ({system.get('python_implementation')})"),
             ("OS", system.get("os")), ("CPU", f"{system.get('cpu')} "
                                               f"({system.get('cpu_count')} logical cores)"),
             ("GPU", gpus)) if system) + "</table>"
-        + (f"<details><summary>{len(packages)} installed packages</summary><p><small>"
-           + esc(", ".join(packages)) + "</small></p></details>" if packages else ""))
+        + (f"<details><summary>{len(packages)} installed packages</summary><p class='wrap'>"
+           "<small>" + esc(", ".join(packages)) + "</small></p></details>" if packages else ""))
+
+
+def _caveat(record: RunRecord, prof) -> str:
+    """What the run's numbers can show, for the top of the index: synthetic cohorts, and a
+    profile below the papers' scale (from its fields)."""
+    said = []
+    if not record.manifest:
+        said.append("These numbers come from synthetic cohorts (cxrlib.synthetic): they test the "
+                    "study's methods against a known truth, and none of them transfers to "
+                    "patients.")
+    if not prof.paper_schedules or prof.image_size < 224 or prof.cls_width < 1:
+        said.append(f"The {prof.name} profile trains at reduced scale ({prof.image_size} px "
+                    f"inputs, network width {prof.cls_width:g}, {prof.epochs} epoch(s), "
+                    f"{min(prof.cls_folds, prof.folds)} of {prof.folds} folds x "
+                    f"{prof.repetitions} repetition(s); the papers: 224 px, full width, their "
+                    "own schedules), so the numbers check the pipeline, not the papers' claims.")
+    return " ".join(said)
 
 
 def write_index(record: RunRecord, out: Path) -> Path:
@@ -612,34 +730,48 @@ def write_index(record: RunRecord, out: Path) -> Path:
     esc = html.escape
     prof = get_profile(record.profile, record.profile_overrides)
     reviewer = reviewer_reports_html(out, prof.bootstrap, record.seed)  # checklist, model cards
+    problems = [f"{r['cohort']}/{r['notebook']} {r.get('status')}" for r in states
+                if r.get("status") in ("failed", "stale")]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>cxr-study: {esc(record.profile)} run</title>",
         "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;"
-        "color:#222;line-height:1.45}table{border-collapse:collapse;margin:.5em 0 1.5em}"
-        "td,th{border:1px solid #ccc;padding:.3em .7em;text-align:left}th{background:#f3f3f3}"
+        "padding:0 1em;color:#222;line-height:1.45}"
+        "table{border-collapse:collapse;margin:.5em 0 1.5em;max-width:100%}"
+        "td,th{border:1px solid #ccc;padding:.3em .7em;text-align:left;vertical-align:top;"
+        "overflow-wrap:break-word}th{background:#f3f3f3}"
         ".ok{color:#1a7f37}.failed{color:#c0392b;font-weight:bold}.skipped{color:#888}"
-        ".stale{color:#b7791f;font-weight:bold}"
-        "code{background:#f6f6f6;padding:0 .2em}</style></head><body>",
+        ".stale{color:#b7791f;font-weight:bold}.wrap{overflow-wrap:anywhere;white-space:normal}"
+        ".prov code,.prov small{overflow-wrap:anywhere}"
+        "nav a{margin-right:1em}code{background:#f6f6f6;padding:0 .2em;overflow-wrap:break-word}"
+        + HEADLINE_CSS + "</style></head><body>",
         "<h1>cxr-study: reproduced tables and figures</h1>",
         f"<p>Profile <b>{esc(record.profile)}</b>, seed {record.seed}, "
-        + (f"manifest <code>{esc(record.manifest)}</code>" if record.manifest
+        + (f"manifest <code>{esc(shown_path(record.manifest))}</code>" if record.manifest
            else "synthetic cohorts")
         + f"; last run started {esc(record.started)}, {record.seconds or 0:.0f} s in all; status "
         f"<span class='{esc(record.status)}'>{esc(record.status)}</span>.</p>",
-        "<h2>Reports</h2><p>Every cohort of this run folder, each notebook's last run.</p>"
+        "<nav><a href='#findings'>Headline findings</a><a href='#reports'>Reports</a>"
+        "<a href='#reviewers'>Checklist and model cards</a><a href='#cohorts'>Cohorts</a>"
+        "<a href='#provenance'>Provenance</a></nav>",
+        headline_html(out, _caveat(record, prof), problems),
+        "<h2 id='reports'>Reports</h2><p>Every cohort of this run folder, each notebook's last "
+        "run: the report for reviewers (no code) and the executed notebook with its code.</p>"
         "<table><tr><th>cohort</th><th>notebook</th><th>status</th><th>started</th>"
-        "<th>seconds</th><th>report</th><th>notebook with code</th></tr>",
+        "<th>seconds</th><th>report</th></tr>",
     ]
     parts += [_report_row(r) for r in states]
-    parts += ["</table>", reviewer]
+    parts += ["</table>", f"<div id='reviewers'>{reviewer}</div>", "<div id='cohorts'></div>"]
     for name in cohorts:
         cdir = out / name
         tables = _rel_files(cdir / "tables", "*.csv")
         figures = _rel_files(cdir / "figures", "*.png")
-        source = claim["cohorts"].get(name, {}).get("manifest")
+        entry = claim["cohorts"].get(name, {})
+        source, digest = entry.get("manifest"), entry.get("manifest_hash")
         parts.append(f"<h2>Cohort <code>{esc(name)}</code></h2>"
-                     + (f"<p>Manifest <code>{esc(source)}</code>.</p>" if source else ""))
+                     + (f"<p>Manifest <code>{esc(shown_path(source))}</code>"
+                        + (f" <small>(content hash {esc(str(digest))})</small>" if digest else "")
+                        + ".</p>" if source else ""))
         if (cdir / "tables" / "flow.csv").is_file():
             parts.append(_flow_html(cdir / "tables" / "flow.csv", name))
         if tables:

@@ -75,7 +75,11 @@ def smoke_run(tmp_path_factory):
     existing = os.environ.get("CXR_SMOKE_RUN")
     if existing:
         return RunRecord.from_json(Path(existing) / "run.json"), Path(existing)
-    shared = tmp_path_factory.getbasetemp().parent  # common to all xdist workers of this session
+    # the session's folder: under pytest-xdist the parent of every worker's own; without xdist
+    # the basetemp itself (its parent holds every session's folders, and a run found there may
+    # be hours old, made by other code)
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     out, data, done = shared / "smoke_run", shared / "smoke_data", shared / "smoke_run.done.json"
     with FileLock(str(shared / "smoke_run.lock")):
         if not done.exists():

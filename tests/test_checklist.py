@@ -126,3 +126,13 @@ def test_smoke_run_checklist_links_and_numbers(smoke_run):
     for section in ("## CLAIM 2024: left to the authors", "## TRIPOD+AI: left to the authors"):
         assert section in md
     assert "3. Scientific and clinical background" in md
+
+
+def test_html_renders_the_markdown_emphasis_and_code_of_the_texts():
+    assert cl.inline_html("items marked *left to the authors*, by `cxrlib.checklist`") == \
+        "items marked <i>left to the authors</i>, by <code>cxrlib.checklist</code>"
+    # a lone star, stars inside words and markup in the text stay text
+    assert cl.inline_html("2 * 3 and a*b <b>") == "2 * 3 and a*b &lt;b&gt;"
+    page = cl.render_html(pd.DataFrame(columns=["guideline", "item", "asks", "status", "answer",
+                                                 "links"]))
+    assert "<i>left to the authors</i>" in page and "*left" not in page

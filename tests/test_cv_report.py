@@ -170,6 +170,10 @@ def test_cutoff_beside_paper_by_hand():
     paper = table.set_index("metric")["paper"]
     assert paper["detection_rate"] == pytest.approx(0.918) and paper["lr_plus"] == 86.3
     assert np.isnan(paper["threshold"])
+    # a manifest without study dates: each patient's images are averaged together, as here
+    undated = cv_report.cutoff_beside_paper(preds, manifest.drop(columns="study_date"),
+                                            positives=("covid19",), n_boot=20)
+    pd.testing.assert_frame_equal(undated, table)
     # images: the most accurate threshold (ties to the highest) is .6: 3 of 4 detected, no FP
     images = cv_report.cutoff_beside_paper(preds, manifest, positives=("covid19",),
                                            by_patient=False, n_boot=20).set_index("metric")
@@ -178,3 +182,28 @@ def test_cutoff_beside_paper_by_hand():
     assert (images["level"] == "image").all() and (images["n"] == 8).all()
     with pytest.raises(ValueError, match="none of the classes"):
         cv_report.cutoff_beside_paper(preds, manifest, positives=("tuberculosis",))
+
+
+def test_format_cutoff_reads_percent_and_ratios():
+    table = pd.DataFrame({
+        "experiment": "exp1", "model": "covidnet", "method": "m", "repetition": 0,
+        "positive": "covid19", "level": "patient", "n": 40,
+        "metric": ["threshold", "detection_rate", "lr_plus"], "value": [0.42, 0.9, 12.5],
+        "ci_low": [0.3, 0.8, 6.0], "ci_high": [0.5, 0.95, np.inf], "paper": [np.nan, 0.918, 86.3]})
+    row = cv_report.format_cutoff(table).iloc[0]
+    assert row["detection_rate"] == "90.0 [80.0, 95.0]" and row["detection_rate (paper)"] == "91.8"
+    assert row["lr_plus"] == "12.50 [6.00, inf]" and row["lr_plus (paper)"] == "86.30"
+    assert row["threshold"] == "0.42 [0.30, 0.50]" and "threshold (paper)" not in row.index
+
+
+def test_plot_auc_by_train_fraction_draws_one_line_per_model():
+    table = pd.DataFrame({"view": "exp1", "model": ["covidnet"] * 2 + ["vgg16"] * 2,
+                          "method": "m", "repetition": 0, "train_fraction": [0.9, 0.33] * 2,
+                          "n_test": 10, "auc": [0.9, 0.8, 0.7, 0.6]})
+    fig = cv_report.plot_auc_by_train_fraction(table)
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 2
+    assert list(lines[0].get_xdata()) == pytest.approx([33, 90])  # sorted by share
+    assert list(lines[0].get_ydata()) == [0.8, 0.9]
+    with pytest.raises(ValueError, match="no train fraction"):
+        cv_report.plot_auc_by_train_fraction(table.iloc[:0])

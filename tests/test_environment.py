@@ -1,5 +1,4 @@
-"""pyproject.toml and environment.yml must declare the same packages with the same versions."""
-import re
+"""pyproject.toml, the lock file and environment.yml agree, and the lock holds every platform."""
 import tomllib
 
 import yaml
@@ -16,31 +15,14 @@ def _pyproject() -> dict[str, SpecifierSet]:
     return {canonicalize_name(r.name): r.specifier for r in map(Requirement, reqs)}
 
 
-def _conda_spec(entry: str) -> Requirement:
-    # conda writes "python=3.11" for a fuzzy pin; pip's "==" is the same for our purposes
-    return Requirement(re.sub(r"^([A-Za-z0-9_.\-]+)=(?!=)", r"\1==", entry.strip()))
-
-
-def _environment() -> dict[str, SpecifierSet]:
+def test_environment_yml_installs_the_project_with_the_lock():
+    """environment.yml takes Python from conda and everything else from pip, with the lock as
+    constraints: the same pins as `make setup`, so the two cannot drift apart."""
     env = yaml.safe_load((REPO_ROOT / "environment.yml").read_text())
-    out = {}
-    for dep in env["dependencies"]:
-        entries = dep["pip"] if isinstance(dep, dict) else [dep]
-        for e in entries:
-            if e.startswith("-e") or e in ("pip",):
-                continue
-            r = _conda_spec(e)
-            out[canonicalize_name(r.name)] = r.specifier
-    out.pop("python", None)
-    return out
-
-
-def test_same_packages_and_versions():
-    py, env = _pyproject(), _environment()
-    assert sorted(set(py) - set(env)) == [], "in pyproject.toml only"
-    assert sorted(set(env) - set(py)) == [], "in environment.yml only"
-    differ = {n: (str(py[n]), str(env[n])) for n in py if py[n] != env[n]}
-    assert differ == {}
+    conda = [d for d in env["dependencies"] if not isinstance(d, dict)]
+    pip = [d["pip"] for d in env["dependencies"] if isinstance(d, dict)]
+    assert conda == ["python=3.11", "pip"]
+    assert pip == [["-c requirements-lock.txt", "-e .[test]"]]
 
 
 def test_known_pins():
@@ -52,12 +34,48 @@ def test_known_pins():
         assert name in py, name
 
 
+def _lock() -> list[Requirement]:
+    lines = (REPO_ROOT / "requirements-lock.txt").read_text().splitlines()
+    return [Requirement(line) for line in lines if line and not line.startswith((" ", "#"))]
+
+
+#: marker environments of three platforms (packaging.markers names)
+PLATFORMS = {
+    "linux": {"sys_platform": "linux", "platform_machine": "x86_64", "os_name": "posix",
+              "platform_system": "Linux"},
+    "macos": {"sys_platform": "darwin", "platform_machine": "arm64", "os_name": "posix",
+              "platform_system": "Darwin"},
+    "windows": {"sys_platform": "win32", "platform_machine": "AMD64", "os_name": "nt",
+                "platform_system": "Windows"},
+}
+
+
+def _applies(req: Requirement, platform: str) -> bool:
+    env = {"python_version": "3.11", "python_full_version": "3.11.7",
+           "implementation_name": "cpython", "platform_python_implementation": "CPython",
+           **PLATFORMS[platform]}
+    return req.marker is None or req.marker.evaluate(env)
+
+
 def test_lock_file_agrees_with_pins():
-    lock = {}
-    for line in (REPO_ROOT / "requirements-lock.txt").read_text().splitlines():
-        if "==" in line and not line.startswith("#"):
-            name, version = line.split("==", 1)
-            lock[canonicalize_name(name)] = version.strip()
+    lock = {canonicalize_name(r.name): r for r in _lock()}
+    for req in lock.values():
+        assert len(req.specifier) == 1 and str(next(iter(req.specifier))).startswith("=="), req
     for name, spec in _pyproject().items():
         assert name in lock, f"{name} missing from requirements-lock.txt (run `make lock`)"
-        assert spec.contains(lock[name]), f"lock has {name}=={lock[name]}, pyproject asks {spec}"
+        version = str(next(iter(lock[name].specifier))).removeprefix("==")
+        assert spec.contains(version), f"lock has {name}=={version}, pyproject asks {spec}"
+
+
+def test_lock_file_holds_every_platform():
+    """Resolved for every platform, not frozen on one: each platform gets every package the
+    project names, and only Linux the CUDA libraries."""
+    lock = _lock()
+    direct = set(_pyproject())
+    for platform in PLATFORMS:
+        names = {canonicalize_name(r.name) for r in lock if _applies(r, platform)}
+        assert direct <= names, (platform, sorted(direct - names))
+        cuda = {n for n in names if n.startswith("nvidia-")}
+        assert bool(cuda) == (platform == "linux"), (platform, sorted(cuda))
+    assert any(r.name == "colorama" and _applies(r, "windows") and not _applies(r, "linux")
+               for r in lock)

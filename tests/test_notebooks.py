@@ -300,3 +300,51 @@ def test_cv_tables_recomputed_from_the_predictions(smoke_run, cohort):
                  .groupby([*RUN_KEY, "severity"])["accuracy"].mean().reset_index())
     sev = pd.read_csv(tables / "severity_accuracy.csv")
     _assert_same(sev, _summary(per_grade, [*MODEL_KEY, "severity"]), [*MODEL_KEY, "severity"])
+
+
+def test_seed003_cutoff_and_train_fraction_sweep_recomputed(smoke_run):
+    """Notebook 03's seed 003 tables: the patient-level optimal cut-off of COVID-19 recomputed
+    with pandas and scikit-learn from the exp1 predictions, and the train-fraction sweep's AUCs
+    from the sweep's own predictions table."""
+    from sklearn.metrics import roc_curve
+
+    from cxrlib.profiles import get_profile
+
+    _, out = smoke_run
+    manifest = _manifest(out, "arias").set_index("image_id")
+    preds = read_predictions(out / "arias" / "artifacts" / "predictions.parquet")
+    main = preds[(preds["experiment"] == "exp1") & (preds["model"] == "covidnet")]
+    # one unit per patient and day, its score the mean of its images' scores
+    units = main.assign(patient=main["image_id"].map(manifest["patient_id"]),
+                        day=main["image_id"].map(manifest["study_date"]))
+    units = units.groupby(["patient", "day", "label"])["p_covid19"].mean().reset_index()
+    positive = (units["label"] == "covid19").to_numpy()
+    fpr, tpr, thresholds = roc_curve(positive, units["p_covid19"], drop_intermediate=False)
+    accuracy = (tpr * positive.sum() + (1 - fpr) * (~positive).sum()) / len(units)
+    best = int(np.argmax(accuracy))
+    cutoff = pd.read_csv(out / "arias" / "tables" / "cv_cutoff_seed003.csv")
+    ours = cutoff[cutoff["positive"] == "covid19"].set_index("metric")
+    assert (ours["level"] == "patient").all() and (ours["n"] == len(units)).all()
+    assert ours.loc["threshold", "value"] == pytest.approx(thresholds[best])
+    assert ours.loc["accuracy", "value"] == pytest.approx(accuracy[best])
+    assert ours.loc["detection_rate", "value"] == pytest.approx(tpr[best])
+    assert ours.loc["fpr", "value"] == pytest.approx(fpr[best])
+    assert ours.loc["detection_rate", "paper"] == pytest.approx(0.918)
+
+    sweep = read_predictions(out / "arias" / "artifacts" / "train_fraction_sweep"
+                             / "predictions.parquet")
+    table = pd.read_csv(out / "arias" / "tables" / "cv_train_fraction_auc.csv")
+    fractions = get_profile("smoke").sweep_train_fractions
+    assert table["train_fraction"].tolist() == pytest.approx(sorted(fractions))
+    for rec in table.itertuples(index=False):
+        part = sweep[sweep["experiment"] == f"exp1@train{round(100 * rec.train_fraction)}"]
+        assert rec.n_test == len(part)
+        assert rec.auc == pytest.approx(roc_auc_score(part["label"] == "covid19",
+                                                      part["p_covid19"]))
+    # the held-out patients are the share the fraction leaves out, and never trained on
+    for f in fractions:
+        plan = pd.read_csv(out / "arias" / "artifacts" / "train_fraction_sweep"
+                           / f"split_plan_train{round(100 * f)}.csv")
+        tested = plan.loc[plan["fold"] == 0, "group"].nunique() / plan["group"].nunique()
+        assert tested == pytest.approx(1 - f, abs=0.1)
+    assert not preds["experiment"].str.contains("@train").any()  # kept apart from the CV

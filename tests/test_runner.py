@@ -340,3 +340,15 @@ def test_a_failed_rerun_sets_its_tables_aside_and_the_index_says_so(tmp_path, ti
     _quiet(manifest=csv, out_dir=out, notebooks_dir=nbs, only=["01"])
     assert (tables / "second.csv").is_file()
     assert "class='stale'" not in (out / "index.html").read_text()
+
+
+def test_reports_show_warnings_without_the_file_they_came_from():
+    from cxrlib.runner import plain_warnings
+
+    stderr = ("/tmp/ipykernel_123/456.py:15: UserWarning: QC exclusion not applied\n"
+              "  views, excluded = cv_report.read_views(\n"
+              "/opt/venv/lib/python3.11/site-packages/torch/jit/_script.py:1491: FutureWarning: "
+              "`torch.jit.script` is deprecated.\n  warnings.warn(\nprogress 3/3\n")
+    assert plain_warnings(stderr) == ("UserWarning: QC exclusion not applied\n"
+                                      "FutureWarning: `torch.jit.script` is deprecated.\n"
+                                      "progress 3/3\n")

@@ -197,6 +197,14 @@ def _read_state_dict(path: Path) -> dict:
     return state
 
 
+def _shown(path: Path) -> str:
+    """``path`` for a report: the home folder written ``~`` (no machine's home in a report)."""
+    try:
+        return "~/" + Path(path).relative_to(Path.home()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def _resolve_weights(name: str, weights) -> tuple[Path | None, str]:
     """(file to load or None, sentence describing the initialisation)."""
     if weights is None:
@@ -205,16 +213,16 @@ def _resolve_weights(name: str, weights) -> tuple[Path | None, str]:
         found = find_imagenet_weights(name)
         if found is None:
             where = Path(torch.hub.get_dir()) / "checkpoints"
-            message = (f"no local ImageNet weights for {name!r} (looked in {where} for "
+            message = (f"no local ImageNet weights for {name!r} (looked in {_shown(where)} for "
                        f"{_torchvision_weight_files(name)}); nothing is downloaded, so the model "
                        "is trained from scratch")
             warnings.warn(message, UserWarning, stacklevel=3)
             return None, "random initialisation (trained from scratch): " + message
-        return found, f"ImageNet weights from {found}"
+        return found, f"ImageNet weights from {_shown(found)}"
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"weights file for {name!r} not found: {path}")
-    return path, f"weights from {path}"
+    return path, f"weights from {_shown(path)}"
 
 
 # --------------------------------------------------------------------------------------------

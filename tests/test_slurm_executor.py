@@ -1,0 +1,100 @@
+"""The slurm executor (cxrlib.executors.SlurmExecutor) against the real one-node SLURM cluster of
+tools/slurm_local.sh: the same predictions table as inline, --no-wait then a run that reattaches
+without submitting twice, and a lost (cancelled) job submitted again.
+
+Marked ``slurm`` like tests/test_slurm.py (``pytest -m slurm``); skipped, with the reason, where
+the cluster cannot start (CXR_REQUIRE_SLURM=1 makes that a failure).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cxrlib.crossval import run_crossval
+from cxrlib.executors import SLURM_JOBS_FILE, SlurmExecutor, UnitsSubmitted
+from cxrlib.splits import make_split_plan
+from test_crossval import TINY, write_tiny_pngs
+
+pytestmark = pytest.mark.slurm
+
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "slurm_local.sh"
+
+
+def _unavailable(reason):
+    if os.environ.get("CXR_REQUIRE_SLURM") == "1":
+        pytest.fail(f"CXR_REQUIRE_SLURM=1 but: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    """Start the local cluster for this module (unless it already runs) and stop it after."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        _unavailable("slurm tests need Linux and root (tools/slurm_local.sh starts daemons)")
+    if not (shutil.which("slurmctld") or shutil.which("apt-get")):
+        _unavailable("slurm is not installed and apt-get is not available to install it")
+    pytest.importorskip("submitit")
+    was_up = subprocess.run([SCRIPT, "status"], capture_output=True).returncode == 0
+    proc = subprocess.run([SCRIPT, "start"], capture_output=True, text=True, timeout=900)
+    if proc.returncode:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-40:])
+        _unavailable(f"tools/slurm_local.sh start failed (rc {proc.returncode}):\n{tail}")
+    yield
+    if not was_up:
+        subprocess.run([SCRIPT, "stop"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("slurm_units")
+    manifest, views = write_tiny_pngs(root)
+    return manifest, views, make_split_plan(manifest, folds=2, repetitions=1, seed=0)
+
+
+def _slurm(**kwargs):
+    return SlurmExecutor(partition="debug", time_min=10, cpus_per_task=1, array_parallelism=2,
+                         poll_s=1.0, **kwargs)
+
+
+def _jobs(artifacts):
+    return json.loads((artifacts / "shards" / "slurm" / SLURM_JOBS_FILE).read_text())
+
+
+def test_slurm_gives_the_inline_table_and_reattaches_after_no_wait(slurm_cluster, cohort,
+                                                                   tmp_path):
+    manifest, views, plan = cohort
+    kwargs = dict(TINY, seed=4)
+    inline = run_crossval(views, manifest, plan, tmp_path / "inline", executor="inline", **kwargs)
+    artifacts = tmp_path / "slurm"
+    with pytest.raises(UnitsSubmitted, match=r"2 unit\(s\) submitted"):
+        run_crossval(views, manifest, plan, artifacts, executor=_slurm(wait=False), **kwargs)
+    submitted = {e["job_id"] for e in _jobs(artifacts).values()}
+    assert len(submitted) == 2 and all("_" in j for j in submitted)  # one job array
+    preds = run_crossval(views, manifest, plan, artifacts, executor=_slurm(), **kwargs)
+    pd.testing.assert_frame_equal(preds, inline)
+    arrays = [p.name for p in (artifacts / "shards" / "slurm").iterdir() if p.is_dir()]
+    assert arrays == [next(iter(submitted)).split("_")[0]]  # nothing submitted twice
+    assert _jobs(artifacts) == {}
+
+
+def test_a_cancelled_job_is_submitted_again(slurm_cluster, cohort, tmp_path):
+    manifest, views, plan = cohort
+    kwargs = dict(TINY, seed=5, folds=[0])
+    artifacts = tmp_path / "slurm"
+    with pytest.raises(UnitsSubmitted):
+        run_crossval(views, manifest, plan, artifacts, executor=_slurm(wait=False), **kwargs)
+    (first,) = [e["job_id"] for e in _jobs(artifacts).values()]
+    subprocess.run(["scancel", first], check=True, timeout=60)
+    time.sleep(1)
+    preds = run_crossval(views, manifest, plan, artifacts, executor=_slurm(), **kwargs)
+    assert sorted(preds["image_id"]) == sorted(plan.loc[plan["fold"] == 0, "image_id"])
+    arrays = sorted(p.name for p in (artifacts / "shards" / "slurm").iterdir() if p.is_dir())
+    assert len(arrays) == 2 and first.split("_")[0] in arrays  # the lost job, then its retry
