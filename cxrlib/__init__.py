@@ -14,8 +14,9 @@ notebook                 modules
 02_cit_training          ``cit`` (``models.cit``), ``cv_report``, ``metrics``, ``predictions``
 03_classifier_cv         ``crossval`` (``training``, ``models.classifiers``,
                          ``models.covidnet``), ``units`` and ``executors`` (fold trainings
-                         inline, in local processes or on SLURM), ``cv_report``, ``metrics``,
-                         ``predictions``
+                         inline, in local processes or on SLURM), ``gpu`` (mixed precision,
+                         loader workers... on a CUDA device, for every training),
+                         ``cv_report``, ``metrics``, ``predictions``
 04_bias_analysis         ``bias``, ``shortcuts``, ``cv_report``
 05_tsne                  ``embedding``
 06_gradcam               ``explain``

@@ -36,6 +36,7 @@ and line reach the tables through its shard, merged by the calling process.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 import warnings
@@ -51,6 +52,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cxrlib.cv_report import CIT_PAPER_METHODS, classifier_setup, recipe_for
+from cxrlib.gpu import OFF, DeviceSettings
 from cxrlib.models.cit import CiTGenerator
 from cxrlib.models.classifiers import (
     IMAGENET_MEAN, IMAGENET_STD, WIDTH_SCALABLE, build_classifier, find_imagenet_weights,
@@ -298,12 +300,16 @@ def _classifier_for_cit(name: str, n_classes: int, image_size: int, width: float
 
 
 def cit_step(generators: nn.ModuleList, classifier: nn.Module, features: nn.Module,
-             x: torch.Tensor, y: torch.Tensor, recipe: CiTRecipe) -> dict:
+             x: torch.Tensor, y: torch.Tensor, recipe: CiTRecipe,
+             gpu: DeviceSettings | None = None, scaler=None) -> dict:
     """Losses of one batch, backpropagated once (no optimiser step).
 
     Parameters
     ----------
     x : (B, 1, S, S) images in [0, 1]; y : (B,) class indices.
+    gpu : the forward pass runs in its autocast (:meth:`cxrlib.gpu.DeviceSettings.autocast`
+        on ``x``'s device; None: float32).
+    scaler : a ``GradScaler`` that scales the loss before the backward pass (float16), or None.
 
     The images of class k go through ``G_k``; all transformed images are classified in one
     batch (so that batch normalisation never sees a single class). The backward pass gives the
@@ -315,29 +321,33 @@ def cit_step(generators: nn.ModuleList, classifier: nn.Module, features: nn.Modu
     Returns the batch's loss terms as floats (``pixel``, ``perceptual``, ``tv``, ``ce``,
     ``generator``: the generator losses weighted by their share of the batch).
     """
+    autocast = contextlib.nullcontext() if gpu is None else gpu.autocast(x.device)
     outputs, targets, scales, classes_in_batch = [], [], [], []
-    for k in torch.unique(y).tolist():
-        xk = x[y == k]
-        outputs.append(generators[k](xk))
-        targets.append(xk)
-        scales.append(torch.full((len(xk), 1, 1, 1), recipe.lam * len(x) / len(xk)))
-        classes_in_batch.append((k, len(xk)))
-    transformed = torch.cat(outputs)
-    labels = torch.cat([torch.full((n,), k, dtype=torch.long) for k, n in classes_in_batch])
-    logits = classifier(to_network_input(scale_gradient(transformed, torch.cat(scales).to(x))))
-    ce = F.cross_entropy(logits, labels.to(x.device))
-    image_terms = {"pixel": 0.0, "perceptual": 0.0, "tv": 0.0}
-    image_loss = 0.0
-    for output, target, (k, n) in zip(outputs, targets, classes_in_batch):
-        share = n / len(x)
-        parts = {"pixel": pixel_mse(output, target),
-                 "perceptual": perceptual_mse(features, output, target),
-                 "tv": total_variation(output)}
-        image_loss = image_loss + parts["pixel"] + recipe.perceptual_weight * parts["perceptual"] \
-            + recipe.tv_weight * parts["tv"]
-        for name, value in parts.items():
-            image_terms[name] += share * value.item()
-    (image_loss + ce).backward()
+    with autocast:
+        for k in torch.unique(y).tolist():
+            xk = x[y == k]
+            outputs.append(generators[k](xk))
+            targets.append(xk)
+            scales.append(torch.full((len(xk), 1, 1, 1), recipe.lam * len(x) / len(xk)))
+            classes_in_batch.append((k, len(xk)))
+        transformed = torch.cat(outputs)
+        labels = torch.cat([torch.full((n,), k, dtype=torch.long) for k, n in classes_in_batch])
+        logits = classifier(to_network_input(scale_gradient(transformed,
+                                                            torch.cat(scales).to(x))))
+        ce = F.cross_entropy(logits, labels.to(x.device))
+        image_terms = {"pixel": 0.0, "perceptual": 0.0, "tv": 0.0}
+        image_loss = 0.0
+        for output, target, (k, n) in zip(outputs, targets, classes_in_batch):
+            share = n / len(x)
+            parts = {"pixel": pixel_mse(output, target),
+                     "perceptual": perceptual_mse(features, output, target),
+                     "tv": total_variation(output)}
+            image_loss = image_loss + parts["pixel"] \
+                + recipe.perceptual_weight * parts["perceptual"] + recipe.tv_weight * parts["tv"]
+            for name, value in parts.items():
+                image_terms[name] += share * value.item()
+    loss = image_loss + ce
+    (loss if scaler is None else scaler.scale(loss)).backward()
     out = {name: value for name, value in image_terms.items()}
     out["ce"] = ce.item()
     out["generator"] = (out["pixel"] + recipe.perceptual_weight * out["perceptual"]
@@ -459,6 +469,7 @@ def train_cit(
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = False,
+    gpu: DeviceSettings | None = None,
 ) -> TrainedCiT:
     """Train one generator per class together with ``classifier`` (FuCiTNet).
 
@@ -472,6 +483,10 @@ def train_cit(
     generator_width : channel multiplier of the generators.
     perceptual : description of ``features`` (kept in the result).
     seed : seeds the generators' initialisation and the batch order.
+    gpu : mixed precision (``torch.autocast``, a ``GradScaler`` for float16), channels-last
+        classifier and perceptual network, and cuDNN's autotuner on a CUDA device
+        (:class:`cxrlib.gpu.DeviceSettings`; None: all off; the batches are slices of one
+        tensor, so no loader workers). Validation runs in float32.
 
     The validation split (from the training folds) selects the epoch and stops the training
     after ``recipe.early_stopping_patience`` epochs without a lower validation loss.
@@ -491,12 +506,19 @@ def train_cit(
         raise ValueError(f"class index(es) {missing} have no training image: each generator "
                          "learns from the images of its class")
     device = default_device(device)
+    gpu = OFF if gpu is None else gpu
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     generators = nn.ModuleList(CiTGenerator(1, generator_width) for _ in range(n_classes))
     # channels-last memory: about twice as fast for these thin convolutions on a CPU
     generators = generators.to(device, memory_format=torch.channels_last)
-    classifier, features = classifier.to(device), features.to(device)
+    channels_last = gpu.memory_format(device) == torch.channels_last
+    if channels_last:
+        classifier = classifier.to(device, memory_format=torch.channels_last)
+        features = features.to(device, memory_format=torch.channels_last)
+    else:
+        classifier, features = classifier.to(device), features.to(device)
+    scaler = gpu.grad_scaler(device)
     g_opt = torch.optim.Adam(generators.parameters(), lr=recipe.generator_lr,
                              weight_decay=recipe.generator_weight_decay)
     c_opt = torch.optim.Adam([p for p in classifier.parameters() if p.requires_grad],
@@ -508,45 +530,51 @@ def train_cit(
     warmup = min(recipe.warmup_epochs, recipe.epochs - 1)  # at least one epoch with lambda
     rows, best, best_state, since_best = [], np.inf, None, 0
     stopped_early = False
-    for epoch in tqdm(range(recipe.epochs), desc="CiT epochs", disable=not progress, leave=False):
-        start = time.perf_counter()
-        generators.train(), classifier.train()
-        order = rng.permutation(len(x_all))
-        n_batches = max(1, len(order) // recipe.batch_size)  # drop the last partial batch
-        sums: dict[str, float] = {}
-        step_recipe = recipe.with_overrides(lam=0.0) if epoch < warmup else recipe
-        for b in range(n_batches):
-            idx = order[b * recipe.batch_size:(b + 1) * recipe.batch_size] if n_batches > 1 \
-                else order
-            g_opt.zero_grad(), c_opt.zero_grad()
-            x = x_all[idx].to(device).contiguous(memory_format=torch.channels_last)
-            terms = cit_step(generators, classifier, features, x, y_all[idx].to(device),
-                             step_recipe)
-            g_opt.step(), c_opt.step()
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + value / n_batches
-        lr = c_opt.param_groups[0]["lr"]
-        c_sched.step()
-        if recipe.precise_bn_batches:
-            shuffled = rng.permutation(len(x_all))
-            _refresh_batchnorm(generators, classifier, x_all[shuffled], y_all[shuffled],
-                               recipe.batch_size, recipe.precise_bn_batches, device)
-        generators.eval(), classifier.eval()
-        valid = _validate(generators, classifier, valid_images, valid_labels, device)
-        rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in sums.items()}, **valid,
-                     "epoch_lam": step_recipe.lam, "classifier_lr": lr,
-                     "seconds": time.perf_counter() - start})
-        if epoch < warmup:
-            continue  # the warm-up is not a candidate for the kept weights
-        if valid["valid_loss"] < best:
-            best, since_best = valid["valid_loss"], 0
-            best_state = (copy.deepcopy(generators.state_dict()),
-                          copy.deepcopy(classifier.state_dict()), epoch)
-        else:
-            since_best += 1
-            if recipe.early_stopping_patience and since_best >= recipe.early_stopping_patience:
-                stopped_early = epoch < recipe.epochs - 1
-                break
+    with gpu.cudnn(device):
+        for epoch in tqdm(range(recipe.epochs), desc="CiT epochs", disable=not progress,
+                          leave=False):
+            start = time.perf_counter()
+            generators.train(), classifier.train()
+            order = rng.permutation(len(x_all))
+            n_batches = max(1, len(order) // recipe.batch_size)  # drop the last partial batch
+            sums: dict[str, float] = {}
+            step_recipe = recipe.with_overrides(lam=0.0) if epoch < warmup else recipe
+            for b in range(n_batches):
+                idx = order[b * recipe.batch_size:(b + 1) * recipe.batch_size] if n_batches > 1 \
+                    else order
+                g_opt.zero_grad(), c_opt.zero_grad()
+                x = x_all[idx].to(device).contiguous(memory_format=torch.channels_last)
+                terms = cit_step(generators, classifier, features, x, y_all[idx].to(device),
+                                 step_recipe, gpu=gpu, scaler=scaler)
+                if scaler is None:
+                    g_opt.step(), c_opt.step()
+                else:
+                    scaler.step(g_opt), scaler.step(c_opt)
+                    scaler.update()
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + value / n_batches
+            lr = c_opt.param_groups[0]["lr"]
+            c_sched.step()
+            if recipe.precise_bn_batches:
+                shuffled = rng.permutation(len(x_all))
+                _refresh_batchnorm(generators, classifier, x_all[shuffled], y_all[shuffled],
+                                   recipe.batch_size, recipe.precise_bn_batches, device)
+            generators.eval(), classifier.eval()
+            valid = _validate(generators, classifier, valid_images, valid_labels, device)
+            rows.append({"epoch": epoch, **{f"train_{k}": v for k, v in sums.items()}, **valid,
+                         "epoch_lam": step_recipe.lam, "classifier_lr": lr,
+                         "seconds": time.perf_counter() - start})
+            if epoch < warmup:
+                continue  # the warm-up is not a candidate for the kept weights
+            if valid["valid_loss"] < best:
+                best, since_best = valid["valid_loss"], 0
+                best_state = (copy.deepcopy(generators.state_dict()),
+                              copy.deepcopy(classifier.state_dict()), epoch)
+            else:
+                since_best += 1
+                if recipe.early_stopping_patience and since_best >= recipe.early_stopping_patience:
+                    stopped_early = epoch < recipe.epochs - 1
+                    break
     notes = []
     if best_state is None:
         notes.append("validation loss never finite: the last epoch's weights are kept")
@@ -556,7 +584,11 @@ def train_cit(
         classifier.load_state_dict(best_state[1])
         best_epoch = best_state[2]
     generators = generators.to("cpu", memory_format=torch.contiguous_format)
-    return TrainedCiT(generators=generators.eval(), classifier=classifier.cpu().eval(),
+    classifier = classifier.cpu()
+    if channels_last:
+        classifier = classifier.to(memory_format=torch.contiguous_format)
+        features.to(memory_format=torch.contiguous_format)  # shared between folds: as it came
+    return TrainedCiT(generators=generators.eval(), classifier=classifier.eval(),
                       history=pd.DataFrame(rows), best_epoch=best_epoch,
                       stopped_early=stopped_early, perceptual=perceptual, recipe=recipe,
                       notes=notes)
@@ -654,6 +686,8 @@ class CiTSetup:
     sdnet_width : its width (width-scalable models only).
     generator_width : channel multiplier of the generators and the perceptual VGG16.
     folds : folds of the split plan to train (as notebook 03).
+    gpu : how both trainings use a CUDA device (:class:`cxrlib.gpu.DeviceSettings`, the
+        profile's ``gpu_*``, ``loader_workers`` and ``cudnn_benchmark``; default all off).
     """
 
     recipe: CiTRecipe
@@ -662,6 +696,7 @@ class CiTSetup:
     sdnet_width: float
     generator_width: float
     folds: list[int]
+    gpu: DeviceSettings = OFF
 
     @classmethod
     def from_profile(cls, profile) -> "CiTSetup":
@@ -678,7 +713,7 @@ class CiTSetup:
                 augment_classes=None))
         width = base.width if sdnet[0] in WIDTH_SCALABLE else 1.0
         return cls(recipe=recipe, cit_classifier=cit_classifier, sdnet=sdnet, sdnet_width=width,
-                   generator_width=profile.cit_width, folds=base.folds)
+                   generator_width=profile.cit_width, folds=base.folds, gpu=base.gpu)
 
 
 def read_cit_runs(artifacts_dir: str | Path) -> pd.DataFrame:
@@ -816,6 +851,8 @@ def cit_specs(
                   "recipe": {k: v for k, v in sdnet_recipe.as_dict().items() if k != "source"}},
         "inputs": data_hash(inputs),
     }
+    if setup.gpu.hashed():  # only settings that are on: the CPU profiles' hashes stay as they were
+        settings["gpu"] = setup.gpu.hashed()
     cells = [(experiment, "fucitnet", cit_name)] \
         + ([(experiment, "covid-sdnet", sdnet_name)] if with_sdnet else [])
     config = {"setup": setup, "recipe": recipe, "view": view, "image_size": int(image_size),
@@ -824,7 +861,8 @@ def cit_specs(
     return [make_spec("cit", experiment, "fucitnet", f"{cit_name}-lam{recipe.lam:g}", int(rep),
                       int(fold), artifacts_dir, inputs_path, settings,
                       row_cells=cells if write_predictions else [], config=config,
-                      device=None if device is None else str(device), progress=bool(progress))
+                      device=None if device is None else str(device), progress=bool(progress),
+                      gpu=setup.gpu)
             for rep in repetitions for fold in folds]
 
 
@@ -871,9 +909,10 @@ def cit_fold(spec: FoldSpec) -> tuple[pd.DataFrame | None, dict, str, tuple]:
     torch.manual_seed(unit_seed)
     classifier = _classifier_for_cit(cit_name, 2, image_size, cit_width, cit_weights)
     start = time.perf_counter()
+    gpu = OFF if spec.gpu is None else spec.gpu
     fit = train_cit(x["train"], y["train"], x["valid"], y["valid"], classifier, features,
                     recipe, setup.generator_width, perceptual, seed=unit_seed,
-                    device=device)
+                    device=device, gpu=gpu)
     cit_seconds = time.perf_counter() - start
     stem = spec.stem
     folder = artifacts_dir / "cit"
@@ -907,7 +946,7 @@ def cit_fold(spec: FoldSpec) -> tuple[pd.DataFrame | None, dict, str, tuple]:
            "fucitnet_test_accuracy": float((fused.argmax(1) == y["test"]).mean()),
            "valid_accuracy": float(fit.history["valid_accuracy"].iloc[fit.best_epoch]),
            "cit_classifier": cit_name, "cit_init": classifier.init_description,
-           "perceptual": perceptual, "recipe": recipe.name,
+           "perceptual": perceptual, "recipe": recipe.name, "precision": gpu.precision(device),
            "checkpoint": str((folder / f"{stem}.pth").relative_to(artifacts_dir)),
            "split": str((folder / f"{stem}_split.csv").relative_to(artifacts_dir)),
            "notes": " | ".join(fit.notes)}
@@ -917,7 +956,7 @@ def cit_fold(spec: FoldSpec) -> tuple[pd.DataFrame | None, dict, str, tuple]:
     if with_sdnet:
         new.append(_sdnet_fold(transformed, y, split, test_labels, classes, setup,
                                image_size, experiment, rep, fold, unit_seed,
-                               artifacts_dir, device, run))
+                               artifacts_dir, device, run, gpu))
     run["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     rows = pd.concat(new, ignore_index=True) if cfg["write_predictions"] else None
     return rows, run, RUNS_FILE, RUNS_KEY
@@ -925,7 +964,8 @@ def cit_fold(spec: FoldSpec) -> tuple[pd.DataFrame | None, dict, str, tuple]:
 
 def _sdnet_fold(transformed: dict, y: dict, split: dict, test_labels: list, classes: list,
                 setup: CiTSetup, image_size: int, experiment: str, rep: int, fold: int,
-                unit_seed: int, artifacts_dir: Path, device, run: dict) -> pd.DataFrame:
+                unit_seed: int, artifacts_dir: Path, device, run: dict,
+                gpu: DeviceSettings = OFF) -> pd.DataFrame:
     """Train COVID-SDNet's 4-class network on both transforms (``transformed[split]``: (2, N,
     S, S) from :func:`transform_images`); the test fold's fused rows."""
     name, recipe = setup.sdnet
@@ -940,7 +980,7 @@ def _sdnet_fold(transformed: dict, y: dict, split: dict, test_labels: list, clas
     stem = artifact_stem(experiment, "covid-sdnet", name, rep, fold)
     sd_fit = train_classifier(model, train_x, train_y, valid_x, valid_y, recipe,
                               list(SDNET_CLASSES), log_path=artifacts_dir / "logs" / f"{stem}.csv",
-                              seed=unit_seed, device=device)
+                              seed=unit_seed, device=device, gpu=gpu)
     theta = predict(sd_fit.model, transformed["test"][1], device=device)[0]
     psi = predict(sd_fit.model, transformed["test"][0], device=device)[0]
     positive = sdnet_fusion(theta, psi)

@@ -49,6 +49,7 @@ import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
 
+from cxrlib.gpu import OFF, DeviceSettings
 from cxrlib.manifest import LABELS
 from cxrlib.models.classifiers import WIDTH_SCALABLE, build_classifier, save_classifier
 from cxrlib.predictions import (
@@ -208,6 +209,7 @@ def run_crossval(
     device: str | torch.device | None = None,
     progress: bool = True,
     executor=None,
+    gpu: DeviceSettings | None = None,
 ) -> pd.DataFrame:
     """Train and test every cell of the grid on every fold of the plan; skip folds already done.
 
@@ -235,6 +237,10 @@ def run_crossval(
     executor : where the folds train (:func:`cxrlib.executors.get_executor`: ``"inline"``,
         ``"local"``, an executor, or None for the default: ``CXR_EXECUTOR``, else ``inline``
         on a machine with fewer than two GPUs).
+    gpu : mixed precision, channels-last memory, loader workers and cuDNN's autotuner of the
+        trainings (:class:`cxrlib.gpu.DeviceSettings`, e.g. ``classifier_setup(profile).gpu``;
+        None: all off). Mixed precision, loader workers and augmentation on the device, when
+        on, are settings of the folds.
 
     Each fold is a unit of work (:mod:`cxrlib.units`): it leaves a shard, merged into the
     predictions table and ``crossval_runs.csv`` by this process only. A fold counts as done when
@@ -252,7 +258,7 @@ def run_crossval(
     specs = crossval_specs(images, manifest, plan, artifacts_dir, experiments, models,
                            repetitions, folds, image_size, width, epochs, batch_size,
                            val_fraction, seed, data_root, save_embeddings_too, save_checkpoints,
-                           device, progress)
+                           device, progress, gpu=gpu)
     run_units(specs, artifacts_dir, executor=executor, progress=progress,
               desc="cross-validation")
     predictions_path = artifacts_dir / PREDICTIONS_FILE
@@ -284,6 +290,7 @@ def crossval_specs(
     save_checkpoints: bool = True,
     device: str | torch.device | None = None,
     progress: bool = False,
+    gpu: DeviceSettings | None = None,
 ) -> list[FoldSpec]:
     """The units of :func:`run_crossval` (same parameters), one per (cell, repetition, fold),
     experiments outermost; writes their inputs tables under ``artifacts/shards/inputs/``."""
@@ -306,6 +313,7 @@ def crossval_specs(
                              f"the images table lacks (it has {sorted(known_views)})")
     repetitions = sorted(plan["repetition"].unique()) if repetitions is None else list(repetitions)
     overrides = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size)) if v is not None}
+    gpu = OFF if gpu is None else gpu
     inputs: dict[str, tuple[Path, str]] = {}
     specs = []
     for entry in grid:
@@ -325,6 +333,8 @@ def crossval_specs(
             "val_fraction": float(val_fraction), "seed": int(seed), "classes": list(classes),
             "inputs": data,
         }
+        if gpu.hashed():  # only settings that are on: the CPU profiles' hashes stay as they were
+            settings["gpu"] = gpu.hashed()
         config = {"view": entry.view, "recipe": recipe, "image_size": int(image_size),
                   "width": model_width, "val_fraction": float(val_fraction), "seed": int(seed),
                   "classes": list(classes)}
@@ -340,7 +350,8 @@ def crossval_specs(
                     row_cells=[(entry.experiment, entry.model, entry.method)], config=config,
                     save_embeddings=bool(save_embeddings_too),
                     save_checkpoints=bool(save_checkpoints),
-                    device=None if device is None else str(device), progress=bool(progress)))
+                    device=None if device is None else str(device), progress=bool(progress),
+                    gpu=gpu))
     return specs
 
 
@@ -399,7 +410,7 @@ def train_fold(spec: FoldSpec) -> tuple[pd.DataFrame, dict, str, tuple]:
     log_path = artifacts_dir / "logs" / f"{stem}.csv"
     fit = train_classifier(model, view.take(split["train"]), y["train"], view.take(split["valid"]),
                            y["valid"], recipe, classes, log_path=log_path, seed=unit_seed,
-                           device=device, progress=False)
+                           device=device, progress=False, gpu=spec.gpu)
 
     names = ("train", "valid", "test") if spec.save_embeddings else ("test",)
     order = np.concatenate([split[n] for n in names])
@@ -423,7 +434,7 @@ def train_fold(spec: FoldSpec) -> tuple[pd.DataFrame, dict, str, tuple]:
         "width": model_width, "n_train": len(split["train"]), "n_valid": len(split["valid"]),
         "n_test": n_test, "epochs_run": len(fit.history), "best_epoch": fit.best_epoch,
         "stopped_early": fit.stopped_early, "train_seconds": round(fit.seconds, 2),
-        "device": str(device), "init": model.init_description,
+        "device": str(device), "precision": fit.precision, "init": model.init_description,
         "log": str(log_path.relative_to(artifacts_dir)), "notes": " | ".join(fit.notes),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }

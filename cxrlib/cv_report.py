@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from cxrlib import paper_tables
+from cxrlib.gpu import OFF, DeviceSettings
 from cxrlib.manifest import SEVERITIES, image_info
 from cxrlib.metrics import CUTOFF_METRICS, cutoff_metrics
 from cxrlib.predictions import MODEL_KEY, RUN_KEY, average_by_patient, classes_of
@@ -58,6 +59,8 @@ class ClassifierSetup:
     width : channel multiplier of the width-scalable networks.
     overrides : ``epochs`` / ``batch_size`` for :func:`cxrlib.crossval.run_crossval` (empty with
         ``profile.paper_schedules``, where every recipe keeps its paper's values).
+    gpu : how the trainings use a CUDA device (:class:`cxrlib.gpu.DeviceSettings` of the
+        profile; ``run_crossval(..., gpu=setup.gpu)``); default all off.
     """
 
     covidnet: tuple[str, TrainingRecipe]
@@ -65,6 +68,7 @@ class ClassifierSetup:
     folds: list[int]
     width: float
     overrides: dict
+    gpu: DeviceSettings = OFF
 
 
 def classifier_setup(profile: Profile) -> ClassifierSetup:
@@ -80,7 +84,7 @@ def classifier_setup(profile: Profile) -> ClassifierSetup:
         covidnet=("covidnet", covid_recipe),
         binary=(binary_model, recipe_for(binary_model, covid_recipe)),
         folds=list(range(min(profile.cls_folds, profile.folds))), width=profile.cls_width,
-        overrides=overrides)
+        overrides=overrides, gpu=DeviceSettings.from_profile(profile))
 
 
 def recipe_for(model: str, covidnet_recipe: TrainingRecipe) -> TrainingRecipe:

@@ -91,6 +91,23 @@ class Profile:
         timeout; 0: no limit). A cell that runs longer, or whose kernel dies, fails its notebook
         with a message naming the cell and this limit (:func:`cxrlib.runner.execute_notebook`).
         ``smoke`` 600, ``default`` 3600, ``paper`` 86400 (a day: the papers' trainings on a GPU).
+    gpu_mixed_precision : train in mixed precision on a CUDA device (bfloat16 autocast where the
+        GPU supports it, else float16 with loss scaling; :mod:`cxrlib.gpu`). No effect on a CPU.
+        Changes the numbers a training gives, so it enters the units' settings hash (when on).
+    gpu_channels_last : classifier weights and batches in channels-last memory on a CUDA device
+        (tensor cores); the same arithmetic in another layout. No effect on a CPU.
+    loader_workers : DataLoader worker processes that prepare and augment the batches while the
+        device trains (any device), with pinned memory on CUDA (0: none, the CPU profiles). The
+        augmentation's random draws depend on their number, so it enters the units' settings
+        hash (when > 0). A SLURM job should have ``cpus_per_task`` of at least this plus 2.
+    cudnn_benchmark : cuDNN's autotuner (``torch.backends.cudnn.benchmark``) on a CUDA device,
+        and with it non-deterministic algorithms allowed. Off in every profile: the study
+        promises that a unit trained again gives the same result (deterministic cuDNN
+        algorithms); ``-p profile.cudnn_benchmark=true`` trades that for speed.
+    gpu_augmentation : the classifiers' training augmentation drawn batch by batch on a CUDA
+        device (:func:`cxrlib.training.augment_batch`) rather than image by image in the loader
+        (the elastic deformation alone costs a CPU core about 30 ms per 224-px image). Other
+        random draws, so it enters the units' settings hash (when on). No effect on a CPU.
     """
 
     name: str
@@ -134,6 +151,11 @@ class Profile:
     probe_size: int
     probe_epochs: int
     sweep_train_fractions: tuple[float, ...]
+    gpu_mixed_precision: bool
+    gpu_channels_last: bool
+    loader_workers: int
+    cudnn_benchmark: bool
+    gpu_augmentation: bool
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -165,6 +187,8 @@ PROFILES: dict[str, Profile] = {
         paper_schedules=False, cit_recipe="fucitnet-fast", cit_classifier="covidnet",
         cit_classifier_weights="", sdnet_model="covidnet", probe_size=64, probe_epochs=1,
         sweep_train_fractions=(0.5, 0.9),
+        gpu_mixed_precision=False, gpu_channels_last=False, loader_workers=0,
+        cudnn_benchmark=False, gpu_augmentation=False,
     ),
     "default": Profile(
         name="default", n_arias=1200, n_covidgr=400, synth_size=256, image_size=128, seg_size=128,
@@ -181,6 +205,8 @@ PROFILES: dict[str, Profile] = {
         paper_schedules=False, cit_recipe="fucitnet-fast", cit_classifier="covidnet",
         cit_classifier_weights="", sdnet_model="covidnet", probe_size=64, probe_epochs=3,
         sweep_train_fractions=(0.33, 0.9),
+        gpu_mixed_precision=False, gpu_channels_last=False, loader_workers=0,
+        cudnn_benchmark=False, gpu_augmentation=False,
     ),
     "paper": Profile(
         name="paper", n_arias=8000, n_covidgr=852, synth_size=1024, image_size=224, seg_size=256,
@@ -197,6 +223,8 @@ PROFILES: dict[str, Profile] = {
         paper_schedules=True, cit_recipe="fucitnet2020", cit_classifier="resnet18",
         cit_classifier_weights="imagenet", sdnet_model="resnet50", probe_size=224,
         probe_epochs=24, sweep_train_fractions=(0.33, 0.5, 0.66, 0.9),
+        gpu_mixed_precision=True, gpu_channels_last=True, loader_workers=8,
+        cudnn_benchmark=False, gpu_augmentation=True,
     ),
 }
 

@@ -49,6 +49,7 @@ from sklearn.model_selection import GroupShuffleSplit
 from tqdm.auto import tqdm
 
 from cxrlib.domain_randomisation import check_changes, randomise
+from cxrlib.gpu import OFF, DeviceSettings
 from cxrlib.images import read_image, read_mask
 from cxrlib.lung_plausibility import QC_COLUMNS, RULE_COLUMNS, RULES, plausibility, rule_phrase
 from cxrlib.models.unet import UNet
@@ -200,7 +201,11 @@ def split_by_patient(
 class _LungDataset(torch.utils.data.Dataset):
     """(image, mask) pairs as float tensors (1, S, S); optional domain randomisation
     (:func:`cxrlib.domain_randomisation.randomise`, then :func:`normalise_unet_input`) and
-    joint random affine transform."""
+    joint random affine transform.
+
+    In a DataLoader worker process the domain randomisation draws from a generator seeded with
+    the worker's seed (a copy of the parent's generator would repeat the same draws in every
+    worker); without workers, from one generator seeded with ``seed``."""
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, augment: bool,
                  randomise: tuple = (), seed: int = 0):
@@ -208,6 +213,7 @@ class _LungDataset(torch.utils.data.Dataset):
 
         self.randomise = check_changes(randomise)
         self.rng = np.random.default_rng(seed)
+        self._worker_seed = None
         self.raw_images = np.ascontiguousarray(images, dtype=np.float32)
         self.raw_masks = np.asarray(masks, dtype=bool)
         self.images = torch.from_numpy(self.raw_images)[:, None]
@@ -228,6 +234,10 @@ class _LungDataset(torch.utils.data.Dataset):
     def __getitem__(self, i):
         x, y = self.images[i], self.masks[i]
         if self.randomise:
+            worker = torch.utils.data.get_worker_info()
+            if worker is not None and worker.seed != self._worker_seed:
+                self._worker_seed = worker.seed  # a new worker (or epoch): its own draws
+                self.rng = np.random.default_rng(worker.seed)
             image, mask = randomise(self.raw_images[i], self.raw_masks[i], self.rng, self.randomise)
             x = torch.from_numpy(normalise_unet_input(image))[None]
             y = torch.from_numpy(mask.astype(np.float32))[None]
@@ -270,6 +280,7 @@ def train_unet(
     device: str | torch.device | None = None,
     progress: bool = True,
     init: UNet | None = None,
+    gpu: DeviceSettings | None = None,
 ) -> tuple[UNet, pd.DataFrame]:
     """Train a :class:`UNet` from scratch with a fastai ``Learner``.
 
@@ -292,6 +303,9 @@ def train_unet(
     progress : show fastai's progress bars and epoch table.
     init : a U-Net to start from (a copy is trained; ``width`` and ``batch_norm`` are then its
         own) instead of random weights.
+    gpu : mixed precision, DataLoader workers (the augmentation and domain randomisation run in
+        them) and cuDNN's autotuner (:class:`cxrlib.gpu.DeviceSettings`; None: all off). The
+        U-Net is channels-last on every device.
 
     Returns
     -------
@@ -320,12 +334,13 @@ def train_unet(
 
     set_seed(seed, reproducible=True)
     device = default_device(device)
+    gpu = OFF if gpu is None else gpu
     train_ds = _LungDataset(train_images, train_masks, augment=augment,
                             randomise=domain_randomisation, seed=seed)
     valid_ds = _LungDataset(valid_images, valid_masks, augment=False)
     dls = DataLoaders.from_dsets(
         train_ds, valid_ds, bs=batch_size, device=device,
-        drop_last=(len(train_ds) > batch_size, False), num_workers=0,
+        drop_last=(len(train_ds) > batch_size, False), **gpu.loader_options(device),
     )
     # channels-last convolutions train ~1.2x faster on CPU, with the same numbers
     if init is not None:
@@ -338,8 +353,9 @@ def train_unet(
         return _batch_dice(logits, target)
 
     learn = Learner(dls, model, loss_func=BCEWithLogitsLossFlat(), opt_func=Adam, lr=lr, wd=0.0,
-                    metrics=[dice])
+                    metrics=[dice], cbs=gpu.fastai_callbacks(device))
     with contextlib.ExitStack() as quiet:
+        quiet.enter_context(gpu.cudnn(device))
         if not progress:
             quiet.enter_context(learn.no_bar())
             quiet.enter_context(learn.no_logging())
@@ -398,6 +414,7 @@ def train_unet_on_manifest(
     data_root: str | Path | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    gpu: DeviceSettings | None = None,
 ) -> SegmenterFit:
     """Train the lung U-Net on every manifest row that has a lung mask, and save it.
 
@@ -408,8 +425,9 @@ def train_unet_on_manifest(
     ``seg_lr``, ``batch_norm`` = ``seg_batch_norm``, ``domain_randomisation`` =
     ``seg_domain_randomisation``, ``min_steps`` = ``seg_min_steps`` when
     ``epochs`` is None too, else 0: the epochs are raised, when needed, so that training makes
-    at least ``min_steps`` optimiser steps (``ceil(min_steps / steps per epoch)`` epochs). The
-    others are those of :func:`train_unet`.
+    at least ``min_steps`` optimiser steps (``ceil(min_steps / steps per epoch)`` epochs),
+    ``gpu`` = the profile's :class:`cxrlib.gpu.DeviceSettings`. The others are those of
+    :func:`train_unet`.
 
     The weights go to ``weights_path`` and the parameters to ``weights_path`` with suffix
     ``.json`` (see :func:`save_unet`).
@@ -425,6 +443,7 @@ def train_unet_on_manifest(
     batch_norm = bool(batch_norm if batch_norm is not None else prof.seg_batch_norm)
     domain_randomisation = check_changes(domain_randomisation if domain_randomisation is not None
                                          else prof.seg_domain_randomisation)
+    gpu = DeviceSettings.from_profile(prof) if gpu is None else gpu
     rows = _rows_with_masks(manifest)
     if rows.empty:
         raise ValueError("no manifest row has a lung_mask_path: nothing to train the U-Net on")
@@ -442,8 +461,10 @@ def train_unet_on_manifest(
         images[is_train], masks[is_train], images[is_valid], masks[is_valid],
         width=width, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
         augment=augment, batch_norm=batch_norm, domain_randomisation=domain_randomisation,
-        seed=seed, device=device, progress=progress,
+        seed=seed, device=device, progress=progress, gpu=gpu,
     )
+    # what changes the U-Net's training (the classifiers' device augmentation does not)
+    unet_gpu = {k: v for k, v in gpu.hashed().items() if k != "device_augmentation"}
     params = {
         "size": size, "width": width, "batch_norm": batch_norm, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "schedule": schedule, "optimizer": "Adam",
@@ -459,6 +480,8 @@ def train_unet_on_manifest(
         "final_valid_loss": float(history["valid_loss"].iloc[-1]),
         "final_valid_dice": float(history["valid_dice"].iloc[-1]),
         "torch": torch.__version__,
+        "precision": gpu.precision(default_device(device)),
+        **({"gpu": unet_gpu} if unet_gpu else {}),
     }
     path = save_unet(model, weights_path, params)
     split = pd.DataFrame({"image_id": rows["image_id"].to_numpy(), "subset": subset.to_numpy()})

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cxrlib.gpu import DeviceSettings
 from cxrlib.images import read_image
 from cxrlib.lung_plausibility import plausibility
 from cxrlib.models.unet import UNet
@@ -100,7 +101,7 @@ class Adaptation:
 def adapt_unet(model: UNet, images: list[np.ndarray], size: int, epochs: int = 3,
                min_plausibility: float = 0.9, max_images: int = 600, batch_size: int = 8,
                lr: float = 3e-4, domain_randomisation: tuple = (), seed: int = 0,
-               progress: bool = False) -> Adaptation:
+               progress: bool = False, gpu: DeviceSettings | None = None) -> Adaptation:
     """Adapt a lung U-Net to the images of a corpus, without any of its masks.
 
     Parameters
@@ -116,6 +117,8 @@ def adapt_unet(model: UNet, images: list[np.ndarray], size: int, epochs: int = 3
     domain_randomisation : changes drawn on the targets (:mod:`cxrlib.domain_randomisation`).
     seed : sampling, shuffling and augmentation.
     progress : fastai's progress bars.
+    gpu : how the self-training uses a CUDA device (:class:`cxrlib.gpu.DeviceSettings`; None:
+        all off).
     """
     if len(images) == 0:
         raise ValueError("no images to adapt the U-Net to")
@@ -137,7 +140,7 @@ def adapt_unet(model: UNet, images: list[np.ndarray], size: int, epochs: int = 3
             prepared[keep], masks[keep], prepared[keep], masks[keep], epochs=int(epochs),
             batch_size=min(int(batch_size), len(keep)), lr=lr, augment=True,
             domain_randomisation=domain_randomisation, seed=seed, progress=progress,
-            init=adapted)
+            init=adapted, gpu=gpu)
         _, after = pseudo_masks(adapted, prepared)
     else:
         after = after_bn
@@ -196,9 +199,11 @@ def adapt_unet_to_manifest(model: UNet, size: int, manifest: pd.DataFrame, data_
                            profile: str | Profile = "default", seed: int = 0,
                            progress: bool = False) -> Adaptation:
     """:func:`adapt_unet` on a manifest's images (the ``path`` column only) with the profile's
-    settings (:func:`adaptation_settings`). The report gains the ``image_id`` column."""
+    settings (:func:`adaptation_settings`) and :class:`cxrlib.gpu.DeviceSettings`. The report
+    gains the ``image_id`` column."""
     result = adapt_unet(model, ManifestImages(manifest, data_root), size,
-                        **adaptation_settings(profile), seed=seed, progress=progress)
+                        **adaptation_settings(profile), seed=seed, progress=progress,
+                        gpu=DeviceSettings.from_profile(profile))
     result.report.insert(0, "image_id", manifest["image_id"].to_numpy())
     return result
 

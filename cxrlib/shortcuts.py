@@ -413,7 +413,7 @@ def cnn_probes(views: pd.DataFrame, manifest: pd.DataFrame, plan: pd.DataFrame,
                          models=[setup.covidnet], repetitions=[0], folds=[fold],
                          image_size=settings.image_size, width=setup.width,
                          epochs=settings.epochs, batch_size=setup.overrides.get("batch_size"),
-                         seed=seed, progress=progress)
+                         seed=seed, progress=progress, gpu=setup.gpu)
     patients = image_info(manifest, ["patient_id"])["patient_id"]
     rows = []
     for view in inputs:
@@ -447,6 +447,10 @@ def projection_retrain_problem(subset: pd.DataFrame, plan: pd.DataFrame, fold: i
         return f"no image in test fold {fold}"
     if in_plan["fold"].nunique() < 2:
         return f"no image outside fold {fold} to train on"
+    outside = in_plan.loc[in_plan["fold"] != fold, "group"].nunique()
+    if outside < 2:
+        return (f"{outside} patient outside fold {fold}: too few to train on and to draw a "
+                "validation patient from")
     split = fold_split(in_plan, repetition, fold, seed=seed)
     label = subset.set_index("image_id")["label"]
     missing = sorted(set(subset["label"]) - set(label[split["train"]]))
@@ -497,7 +501,7 @@ def retrain_by_projection(views: pd.DataFrame, manifest: pd.DataFrame, plan: pd.
                              image_size=settings.image_size, width=setup.width,
                              epochs=settings.epochs,
                              batch_size=setup.overrides.get("batch_size"), seed=seed,
-                             progress=progress)
+                             progress=progress, gpu=setup.gpu)
         table = class_metrics(preds, by=["experiment", "model", "method"])
         table.insert(3, "projection", projection)
         tables.append(table)

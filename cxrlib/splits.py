@@ -113,6 +113,10 @@ def fold_split(
     if val_fraction <= 0:
         return {"train": rest["image_id"].to_numpy(), "valid": np.array([], dtype=object),
                 "test": test["image_id"].to_numpy()}
+    if rest["group"].nunique() < 2:
+        raise ValueError(f"fold {fold} of repetition {repetition} leaves "
+                         f"{rest['group'].nunique()} patient group(s) to train on: too few to "
+                         "draw validation patients from (val_fraction > 0)")
     gss = GroupShuffleSplit(n_splits=1, test_size=val_fraction,
                             random_state=seed + 1000 * repetition + fold)
     tr, va = next(gss.split(rest, groups=rest["group"]))

@@ -109,12 +109,19 @@ def score_on_real(model: UNet, size: int, folder: str | Path) -> pd.DataFrame:
 
 def cache_key(profile: str | Profile, seed: int = 0) -> str:
     """A short hash of what the synthetic U-Net depends on: the profile's :data:`UNET_FIELDS`,
-    the seed, the training cohort and the generator version."""
+    the seed, the training cohort and the generator version, and the profile's GPU settings that
+    change a training (:meth:`cxrlib.gpu.DeviceSettings.hashed`: mixed precision, loader
+    workers), when they are on."""
+    from cxrlib.gpu import DeviceSettings
     from cxrlib.synthetic.cohort import GENERATOR_VERSION
 
     prof = get_profile(profile)
     what = {"fields": {f: getattr(prof, f) for f in UNET_FIELDS}, "seed": int(seed),
             "cohort": TRAINING_COHORT, "generator_version": GENERATOR_VERSION}
+    gpu = {k: v for k, v in DeviceSettings.from_profile(prof).hashed().items()
+           if k != "device_augmentation"}  # the classifiers' augmentation, not the U-Net's
+    if gpu:  # only when on: the CPU profiles' keys stay as they were
+        what["gpu"] = gpu
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -151,6 +158,7 @@ def synthetic_unet(profile: str | Profile = "default", seed: int = 0, progress: 
     held-out 20% gives the synthetic Dice. The real-sample Dice is computed when the folder of
     :func:`real_sample_dir` is present and not yet scored for these weights.
     """
+    from cxrlib.gpu import DeviceSettings
     from cxrlib.manifest import load_manifest
     from cxrlib.segmentation import load_unet, read_unet_params, train_unet_on_manifest
     from cxrlib.segmentation_adaptation import adapt_unet, adaptation_settings
@@ -186,7 +194,8 @@ def synthetic_unet(profile: str | Profile = "default", seed: int = 0, progress: 
                                or "real_sample_dice_adapted" not in params):
         real = score_on_real(model, size, sample)
         adapted = adapt_unet(model, [read_image(p) for _, p, _ in real_pairs(sample)], size,
-                             **adaptation_settings(prof), seed=seed).model
+                             **adaptation_settings(prof), seed=seed,
+                             gpu=DeviceSettings.from_profile(prof)).model
         real_adapted = score_on_real(adapted, size, sample)
         params = _update_params(path, {
             "real_sample_dir": str(sample), "real_sample_n": int(len(real)),

@@ -45,6 +45,7 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 from tqdm.auto import tqdm
 
+from cxrlib.gpu import OFF, DeviceSettings
 from cxrlib.images import read_image
 from cxrlib.models.classifiers import IMAGENET_MEAN, IMAGENET_STD
 from cxrlib.views import resize_image
@@ -59,7 +60,7 @@ __all__ = [
     "Augmentation", "ARIAS_AUGMENTATION", "INCEPTION_AUGMENTATION", "TrainingRecipe", "RECIPES",
     "DEFAULT_RECIPE", "get_recipe", "prepare_images", "load_images", "ClassifierDataset",
     "balanced_class_weights", "TrainedClassifier", "train_classifier", "predict", "default_device",
-    "precise_batchnorm",
+    "precise_batchnorm", "augment_batch", "normalise_batch",
 ]
 
 
@@ -109,6 +110,91 @@ class Augmentation:
                 [v2.GaussianNoise(mean=0.0, sigma=math.sqrt(self.noise_var), clip=True)],
                 p=self.noise_p))
         return v2.Compose(steps)
+
+
+def _gaussian_kernel1d(size: int, sigma: float, device) -> torch.Tensor:
+    """torchvision's Gaussian kernel (``gaussian_blur``), whose 2-D kernel is its outer product."""
+    lim = (size - 1) / (2.0 * math.sqrt(2.0))
+    x = torch.linspace(-lim, lim, steps=size, device=device)
+    return torch.softmax(x.div(sigma).pow(2).neg(), dim=0)
+
+
+def _blurred_noise(shape, sigma: float, device, generator=None) -> torch.Tensor:
+    """Uniform noise in [-1, 1) of ``shape`` (B, 1, H, W), blurred as torchvision's
+    ``ElasticTransform`` blurs it (kernel ``int(8 sigma + 1)``, made odd; reflected borders), with
+    the separable form of its 2-D kernel."""
+    from torch.nn import functional as F
+
+    noise = torch.rand(shape, device=device, generator=generator) * 2 - 1
+    if sigma <= 0:
+        return noise
+    size = int(8 * sigma + 1)
+    size += 1 - size % 2
+    size = min(size, 2 * min(shape[-2:]) - 1)  # reflected padding must fit the image
+    kernel = _gaussian_kernel1d(size, sigma, device)
+    pad = size // 2
+    out = F.conv2d(F.pad(noise, (pad, pad, 0, 0), mode="reflect"), kernel.view(1, 1, 1, size))
+    return F.conv2d(F.pad(out, (0, 0, pad, pad), mode="reflect"), kernel.view(1, 1, size, 1))
+
+
+def augment_batch(images: torch.Tensor, augmentation: "Augmentation",
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """:class:`Augmentation`'s random transforms, drawn for every image of a batch at once on the
+    batch's device (the study's GPU augmentation, ``DeviceSettings.device_augmentation``).
+
+    The same transforms with the same distributions as :meth:`Augmentation.build` (flip; random
+    affine map: rotation, scale, shift in pixels; elastic deformation with torchvision's
+    displacement field; clipped Gaussian noise), each drawn per image, with one difference: the
+    affine map and the elastic deformation are composed into a single bilinear resampling (the
+    elastic displacement taken through the affine map, as applying them one after the other
+    does) instead of two. The random draws are not those of the per-image transforms.
+
+    Parameters
+    ----------
+    images : (B, 1, S, S) float in [0, 1].
+    generator : a ``torch.Generator`` on the batch's device (None: the global one).
+
+    Returns (B, 1, S, S) float32.
+    """
+    from torch.nn import functional as F
+
+    a = augmentation
+    x = images.float()
+    b, _, h, w = x.shape
+    device = x.device
+
+    def draw(*shape):
+        return torch.rand(shape, device=device, generator=generator)
+
+    if a.hflip > 0:
+        x = torch.where((draw(b) < a.hflip).view(b, 1, 1, 1), x.flip(-1), x)
+    affine = a.rotation_deg > 0 or tuple(a.scale) != (1.0, 1.0) or a.translate > 0
+    elastic = a.elastic_p > 0
+    if affine or elastic:
+        angle = (draw(b) * 2 - 1) * math.radians(a.rotation_deg)
+        scale = a.scale[0] + draw(b) * (a.scale[1] - a.scale[0])
+        # torchvision rounds the shift to whole pixels; in grid units a pixel is 2 / side
+        shift = torch.round((draw(b, 2) * 2 - 1) * a.translate * torch.tensor(
+            [w, h], device=device, dtype=torch.float32)) * torch.tensor(
+            [2.0 / w, 2.0 / h], device=device)
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        inverse = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)
+        theta = torch.cat([inverse, -(inverse @ shift.unsqueeze(-1))], dim=-1)  # (B, 2, 3)
+        grid = F.affine_grid(theta, (b, 1, h, w), align_corners=False)
+        if elastic:
+            dx = _blurred_noise((b, 1, h, w), a.elastic_sigma, device, generator) \
+                * a.elastic_alpha / w
+            dy = _blurred_noise((b, 1, h, w), a.elastic_sigma, device, generator) \
+                * a.elastic_alpha / h
+            on = (draw(b) < a.elastic_p).view(b, 1, 1, 1).float()
+            displacement = torch.cat([dx, dy], 1).permute(0, 2, 3, 1) * on  # (B, H, W, 2)
+            grid = grid + displacement @ inverse.transpose(1, 2).unsqueeze(1)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if a.noise_p > 0 and a.noise_var > 0:
+        noisy = (x + torch.randn(x.shape, device=device, generator=generator)
+                 * math.sqrt(a.noise_var)).clamp(0.0, 1.0)
+        x = torch.where((draw(b) < a.noise_p).view(b, 1, 1, 1), noisy, x)
+    return x
 
 
 #: Seed 001: flip, Gaussian noise (variance 0.015), small rotation, elastic deformation, scaling
@@ -311,13 +397,16 @@ class ClassifierDataset(torch.utils.data.Dataset):
     labels : int (N,) class indices.
     augmentation : training transforms, or None (validation, test).
     augment : bool (N,), which images get the augmentation (default: all).
+    normalise : False: items are the (1, S, S) images in [0, 1], for a batch transform on the
+        device to augment and normalise (:func:`normalise_batch`).
 
     Items: ``x`` float32 tensor (3, S, S), the gray image repeated on 3 channels and normalised
     with the ImageNet mean/std; ``y`` int64 scalar tensor.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray,
-                 augmentation: Augmentation | None = None, augment: np.ndarray | None = None):
+                 augmentation: Augmentation | None = None, augment: np.ndarray | None = None,
+                 normalise: bool = True):
         images = np.asarray(images, dtype=np.float32)
         labels = np.asarray(labels)
         if images.ndim != 3 or images.shape[1] != images.shape[2]:
@@ -334,6 +423,7 @@ class ClassifierDataset(torch.utils.data.Dataset):
             raise ValueError(f"augment must have shape ({len(images)},), got {self.augment.shape}")
         self.mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+        self.normalise = bool(normalise)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -344,7 +434,17 @@ class ClassifierDataset(torch.utils.data.Dataset):
             from torchvision import tv_tensors
 
             x = self.transform(tv_tensors.Image(x)).as_subclass(torch.Tensor)
+        if not self.normalise:
+            return x, self.labels[i]
         return (x.expand(3, -1, -1) - self.mean) / self.std, self.labels[i]
+
+
+def normalise_batch(images: torch.Tensor) -> torch.Tensor:
+    """(B, 1, S, S) images in [0, 1] -> (B, 3, S, S) with the ImageNet mean/std, as
+    :class:`ClassifierDataset` gives them."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    return (images.float().expand(-1, 3, -1, -1) - mean) / std
 
 
 def balanced_class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -385,6 +485,9 @@ class TrainedClassifier:
     stopped_early : True when early stopping ended the training.
     seconds : wall time of the training.
     recipe : the recipe used (with overrides).
+    notes : what the training said (tracker messages, fallbacks).
+    precision : ``"fp32"``, or ``"bf16"`` / ``"fp16"`` in mixed precision
+        (:meth:`cxrlib.gpu.DeviceSettings.precision`).
     """
 
     model: torch.nn.Module
@@ -394,6 +497,7 @@ class TrainedClassifier:
     seconds: float
     recipe: TrainingRecipe
     notes: list[str] = field(default_factory=list)
+    precision: str = "fp32"
 
 
 def _optimizer(recipe: TrainingRecipe):
@@ -471,19 +575,47 @@ def precise_batchnorm(model: torch.nn.Module, batches, device=None) -> torch.nn.
     return model
 
 
-def _make_precise_bn(n_batches: int):
+def _make_precise_bn(n_batches: int, prepare=None):
     from fastai.callback.core import Callback
 
     class PreciseBatchNorm(Callback):
         """Before each validation, :func:`precise_batchnorm` on up to ``n_batches`` training
-        batches, so that the current weights are validated with their own statistics."""
+        batches, so that the current weights are validated with their own statistics
+        (``prepare(x, y)``: what the training does to a batch first, e.g. augment it on the
+        device)."""
 
         order = 1  # after TrainEvalCallback has put the model in eval mode
 
         def before_validate(self):
-            precise_batchnorm(self.learn.model, itertools.islice(self.learn.dls.train, n_batches))
+            batches = itertools.islice(self.learn.dls.train, n_batches)
+            if prepare is not None:
+                batches = (prepare(x, y) for x, y in batches)
+            precise_batchnorm(self.learn.model, batches)
 
     return PreciseBatchNorm()
+
+
+def _make_device_augmentation(augmentation: Augmentation | None, augmented: Sequence[int] | None):
+    """A fastai callback that augments the training batches on the device
+    (:func:`augment_batch`, the images of the classes ``augmented`` only; None: all) and
+    normalises every batch (:func:`normalise_batch`); the datasets give raw images."""
+    from fastai.callback.core import Callback
+
+    class DeviceAugmentation(Callback):
+        order = 4  # before channels-last (5) and mixed precision (10)
+
+        def prepare(self, x, y, training=True):
+            if training and augmentation is not None:
+                on = torch.ones(len(x), dtype=torch.bool, device=x.device) if augmented is None \
+                    else torch.isin(y, torch.as_tensor(list(augmented), device=y.device))
+                if on.any():
+                    x = torch.where(on.view(-1, 1, 1, 1), augment_batch(x, augmentation), x)
+            return normalise_batch(x)
+
+        def before_batch(self):
+            self.learn.xb = (self.prepare(self.learn.xb[0], self.learn.yb[0], self.training),)
+
+    return DeviceAugmentation()
 
 
 def train_classifier(
@@ -498,6 +630,8 @@ def train_classifier(
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = False,
+    gpu: DeviceSettings | None = None,
+    extra_callbacks: Sequence = (),
 ) -> TrainedClassifier:
     """Train ``model`` with a fastai ``Learner`` following ``recipe``.
 
@@ -514,6 +648,10 @@ def train_classifier(
         before building the model too for reproducible initial weights; ``run_crossval`` does).
     device : default CUDA when available, else CPU.
     progress : show fastai's progress bars and epoch table (off for batch runs).
+    gpu : mixed precision, channels-last memory, DataLoader workers, augmentation on the
+        device (:func:`augment_batch`) and cuDNN's autotuner (:class:`cxrlib.gpu.DeviceSettings`;
+        None: all off). On the CPU only the workers act.
+    extra_callbacks : more fastai callbacks for the ``Learner`` (e.g. a timer).
 
     The validation split (drawn from the training folds, never the test fold) drives the
     learning-rate plateau schedule, early stopping and the choice of the kept epoch.
@@ -547,17 +685,26 @@ def train_classifier(
 
     set_seed(seed, reproducible=True)
     device = default_device(device)
+    gpu = OFF if gpu is None else gpu
     train_labels = np.asarray(train_labels, dtype=np.int64)
+    wanted = None
     if recipe.augment_classes is None:
         augment = np.ones(len(train_labels), dtype=bool)
     else:
         wanted = [classes.index(c) for c in recipe.augment_classes if c in classes]
         augment = np.isin(train_labels, wanted)
-    train_ds = ClassifierDataset(train_images, train_labels, recipe.augmentation, augment)
-    valid_ds = ClassifierDataset(valid_images, np.asarray(valid_labels, dtype=np.int64))
+    device_augmentation = None
+    if gpu.augments_on_device(device):  # raw images; augmented and normalised on the device
+        device_augmentation = _make_device_augmentation(recipe.augmentation, wanted)
+        train_ds = ClassifierDataset(train_images, train_labels, normalise=False)
+        valid_ds = ClassifierDataset(valid_images, np.asarray(valid_labels, dtype=np.int64),
+                                     normalise=False)
+    else:
+        train_ds = ClassifierDataset(train_images, train_labels, recipe.augmentation, augment)
+        valid_ds = ClassifierDataset(valid_images, np.asarray(valid_labels, dtype=np.int64))
     drop_last = len(train_ds) > recipe.batch_size  # avoid a 1-image batch-norm step
     dls = DataLoaders.from_dsets(train_ds, valid_ds, bs=recipe.batch_size, device=device,
-                                 drop_last=(drop_last, False), num_workers=0)
+                                 drop_last=(drop_last, False), **gpu.loader_options(device))
 
     weight = None
     if recipe.class_weight == "balanced":
@@ -567,7 +714,9 @@ def train_classifier(
     callbacks = []
     tracking = None
     if recipe.precise_bn_batches:
-        callbacks.append(_make_precise_bn(recipe.precise_bn_batches))
+        callbacks.append(_make_precise_bn(
+            recipe.precise_bn_batches,
+            None if device_augmentation is None else device_augmentation.prepare))
     if recipe.select_best:
         tracking = _make_keep_best()
         callbacks.append(tracking)
@@ -588,7 +737,12 @@ def train_classifier(
         log_path.parent.mkdir(parents=True, exist_ok=True)
         callbacks.append(CSVLogger(fname=log_path.resolve()))
 
-    model = model.to(device)
+    if device_augmentation is not None:
+        callbacks.append(device_augmentation)
+    callbacks += gpu.fastai_callbacks(device) + list(extra_callbacks)
+    channels_last = gpu.memory_format(device) == torch.channels_last
+    model = model.to(device, memory_format=torch.channels_last) if channels_last \
+        else model.to(device)
     learn = Learner(dls, model, loss_func=loss_func, opt_func=_optimizer(recipe), lr=recipe.lr,
                     wd=recipe.weight_decay, wd_bn_bias=True, train_bn=True,
                     metrics=[accuracy, BalancedAccuracy()], cbs=callbacks)
@@ -597,6 +751,7 @@ def train_classifier(
     start = time.perf_counter()
     messages = io.StringIO()
     with contextlib.ExitStack() as stack:
+        stack.enter_context(gpu.cudnn(device))
         # fastai's BalancedAccuracy warns about small validation batches lacking a class
         stack.enter_context(warnings.catch_warnings())
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
@@ -624,9 +779,13 @@ def train_classifier(
         best_epoch = int(tracking.best_epoch)
     elif tracking is not None:
         notes.append("validation loss never improved (NaN?): the last epoch's weights are kept")
+    model = model.cpu()
+    if channels_last:
+        model = model.to(memory_format=torch.contiguous_format)
     return TrainedClassifier(
-        model=model.cpu().eval(), history=history, best_epoch=best_epoch,
-        stopped_early=n_epochs < recipe.epochs, seconds=seconds, recipe=recipe, notes=notes)
+        model=model.eval(), history=history, best_epoch=best_epoch,
+        stopped_early=n_epochs < recipe.epochs, seconds=seconds, recipe=recipe, notes=notes,
+        precision=gpu.precision(device))
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,9 +11,10 @@ A **unit** is one fold training: a classifier fold of notebooks 03 and 04
   (``artifacts/shards/inputs/<hash>.parquet``: the split plan's rows in the plan's order, each
   image's true label and its image path for the unit's view);
 - its settings: everything that changes the result (view, model, the training recipe after
-  overrides, image size, width, validation share, the run's seed, the classes, and a hash of the
-  inputs table's ids, labels and plan), as canonical JSON, and their hash
-  (:func:`settings_hash`, 16 hex digits). Keys (repetition, fold) are not settings: every fold
+  overrides, image size, width, validation share, the run's seed, the classes, a hash of the
+  inputs table's ids, labels and plan, and, when on, mixed precision, the number of loader
+  workers and augmentation on the device of :mod:`cxrlib.gpu`), as canonical JSON, and their
+  hash (:func:`settings_hash`, 16 hex digits). Keys (repetition, fold) are not settings: every fold
   of one (experiment, model, method) cell of a run carries the same hash.
 
 :func:`run_unit` runs a spec (in this process or in another, see :mod:`cxrlib.executors`) and
@@ -162,6 +163,10 @@ class FoldSpec:
     config : the objects the unit trains with (recipes...), all described by the settings.
     save_embeddings, save_checkpoints, device, progress : options that do not change the
         result (``device`` None: CUDA when available, else the CPU).
+    gpu : how the unit uses a CUDA device (:class:`cxrlib.gpu.DeviceSettings`; None: all off).
+        Those of its settings that change the result (mixed precision, loader workers,
+        augmentation on the device) are in the settings as ``gpu`` when on; channels-last
+        memory and cuDNN's autotuner are not, like ``device``.
     """
 
     kind: str
@@ -180,6 +185,7 @@ class FoldSpec:
     save_checkpoints: bool = True
     device: str | None = None
     progress: bool = False
+    gpu: Any = None
 
     @property
     def settings(self) -> dict:
@@ -208,7 +214,7 @@ def make_spec(kind: str, experiment: str, model: str, method: str, repetition: i
               row_cells: Iterable[tuple[str, str, str]] = (), config: Any = None,
               **options) -> FoldSpec:
     """A :class:`FoldSpec` with its settings hashed (``options``: ``save_embeddings``,
-    ``save_checkpoints``, ``device``, ``progress``)."""
+    ``save_checkpoints``, ``device``, ``progress``, ``gpu``)."""
     if kind not in _KINDS:
         raise ValueError(f"unknown unit kind {kind!r}; choose one of {sorted(_KINDS)}")
     device = options.pop("device", None)

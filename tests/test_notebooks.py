@@ -19,14 +19,14 @@ from sklearn.metrics import (
     accuracy_score, balanced_accuracy_score, precision_recall_fscore_support, roc_auc_score,
 )
 
-from cxrlib.images import read_mask
+from cxrlib.images import read_image, read_mask
 from cxrlib.manifest import load_manifest
 from cxrlib.paths import NOTEBOOKS_DIR
 from cxrlib.predictions import MODEL_KEY, RUN_KEY, read_predictions
 from cxrlib.runner import list_notebooks
 from cxrlib.segmentation import split_by_patient
 from cxrlib.synthetic import COHORTS
-from cxrlib.views import mask_file_name
+from cxrlib.views import BOX_COLUMNS, mask_file_name, view_box
 
 pytestmark = pytest.mark.notebook
 
@@ -204,7 +204,16 @@ def test_lung_segmentation_artifacts_and_views(smoke_run):
         flags = pd.read_csv(artifacts / "segmentation_qc.csv")
         assert len(list((artifacts / "lung_masks").glob("*.png"))) == len(flags)
         views = pd.read_csv(artifacts / "views.csv")
-        assert list(views.columns) == ["image_id", "view", "path"]
+        assert list(views.columns) == ["image_id", "view", "path", *BOX_COLUMNS]
+        # each view's box of the original image, recomputed from the image and predicted mask
+        manifest = _manifest(out, cohort)
+        root = Path(manifest.attrs["data_root"])
+        manifest = manifest.set_index("image_id")
+        for rec in views.groupby("view").head(2).itertuples(index=False):
+            shape = read_image(root / manifest.loc[rec.image_id, "path"]).shape
+            mask = read_mask(artifacts / "lung_masks" / mask_file_name(rec.image_id))
+            assert tuple(getattr(rec, c) for c in BOX_COLUMNS) == view_box(
+                rec.view, shape, mask, size=64), (cohort, rec.image_id, rec.view)
         assert set(views["view"]) <= {"exp1", "exp2", "exp3", "sdnet"}
         assert not views.duplicated(["image_id", "view"]).any()
         per_image = views.groupby("image_id")["view"].nunique()

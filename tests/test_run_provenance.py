@@ -56,7 +56,7 @@ def test_run_json_holds_the_provenance(tiny_study):
     [res] = saved["results"]
     assert res["status"] == "ok" and res["started"] <= res["finished"]
     index = (out / "index.html").read_text()
-    assert "<h2>Provenance</h2>" in index and m["sha256"] in index
+    assert "<h2 id='provenance'>Provenance</h2>" in index and m["sha256"] in index
     assert "installed packages" in index
 
 

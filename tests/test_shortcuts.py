@@ -162,6 +162,12 @@ def test_projection_retrain_problem_names_why_a_projection_cannot_be_retrained()
     assert "no training image of covid19" in projection_retrain_problem(subset, only_test)
     no_covid = plan[subset["label"] == "control"]
     assert "no training image of covid19" in projection_retrain_problem(subset, no_covid)
+    # one patient outside the test fold: no validation patient can be drawn (a real corpus
+    # that records the projection of a few images only)
+    one_patient = plan.assign(group=["p"] * 12, fold=[0] * 10 + [1, 1]).assign(
+        group=lambda p: p["group"].where(p["fold"] == 1, p["image_id"]))
+    assert projection_retrain_problem(subset, one_patient, fold=0) == (
+        "1 patient outside fold 0: too few to train on and to draw a validation patient from")
 
 
 def test_projections_not_retrained_lists_each_skipped_projection_and_the_unknown():

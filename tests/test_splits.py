@@ -82,3 +82,7 @@ def test_bad_arguments():
     plan = make_split_plan(df, folds=2)
     with pytest.raises(ValueError, match="fold 3 not in repetition 0"):
         fold_split(plan, 0, 3)
+    lone = plan.assign(group=plan["group"].where(plan["fold"] == 0, "the one outside"))
+    with pytest.raises(ValueError, match="leaves 1 patient group"):
+        fold_split(lone, 0, 0)
+    assert len(fold_split(lone, 0, 0, val_fraction=0)["train"]) == (plan["fold"] == 1).sum()
