@@ -80,8 +80,8 @@ __all__ = [
 CIT_MODELS = tuple(CIT_PAPER_METHODS)
 #: COVID-SDNet's four classes, in the paper's order: true class P/N, transform +/-.
 SDNET_CLASSES = ("P+", "P-", "N+", "N-")
-RUNS_FILE = "cit_runs.csv"
-#: The key of a line of :data:`RUNS_FILE`.
+CIT_RUNS_FILE = "cit_runs.csv"
+#: The key of a line of :data:`CIT_RUNS_FILE`.
 RUNS_KEY = ("experiment", "lam", "repetition", "fold")
 
 
@@ -718,7 +718,7 @@ class CiTSetup:
 
 def read_cit_runs(artifacts_dir: str | Path) -> pd.DataFrame:
     """The ``cit_runs.csv`` table: one line per trained fold (empty if none)."""
-    path = Path(artifacts_dir) / RUNS_FILE
+    path = Path(artifacts_dir) / CIT_RUNS_FILE
     return pd.read_csv(path) if path.is_file() else pd.DataFrame()
 
 
@@ -959,7 +959,7 @@ def cit_fold(spec: FoldSpec) -> tuple[pd.DataFrame | None, dict, str, tuple]:
                                artifacts_dir, device, run, gpu))
     run["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     rows = pd.concat(new, ignore_index=True) if cfg["write_predictions"] else None
-    return rows, run, RUNS_FILE, RUNS_KEY
+    return rows, run, CIT_RUNS_FILE, RUNS_KEY
 
 
 def _sdnet_fold(transformed: dict, y: dict, split: dict, test_labels: list, classes: list,

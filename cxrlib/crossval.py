@@ -53,7 +53,7 @@ from cxrlib.gpu import OFF, DeviceSettings
 from cxrlib.manifest import LABELS
 from cxrlib.models.classifiers import WIDTH_SCALABLE, build_classifier, save_classifier
 from cxrlib.predictions import (
-    RUN_KEY, RUNS_FILE, artifact_stem, make_predictions, read_predictions, save_embeddings,
+    RUN_KEY, CROSSVAL_RUNS_FILE, artifact_stem, make_predictions, read_predictions, save_embeddings,
 )
 from cxrlib.splits import check_split_plan, fold_split, split_groups
 from cxrlib.training import (
@@ -66,7 +66,7 @@ from cxrlib.units import (
 
 __all__ = ["GridEntry", "experiment_grid", "holdout_plan", "cohort_classes", "run_crossval",
            "crossval_specs", "train_fold", "run_train_fraction_sweep", "read_runs",
-           "PREDICTIONS_FILE", "RUNS_FILE"]
+           "PREDICTIONS_FILE", "CROSSVAL_RUNS_FILE"]
 
 PREDICTIONS_FILE = "predictions.parquet"
 
@@ -164,7 +164,7 @@ def cohort_classes(manifest: pd.DataFrame) -> list[str]:
 
 def read_runs(artifacts_dir: str | Path) -> pd.DataFrame:
     """The ``crossval_runs.csv`` table (empty if no fold has been trained)."""
-    path = Path(artifacts_dir) / RUNS_FILE
+    path = Path(artifacts_dir) / CROSSVAL_RUNS_FILE
     return pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=list(RUN_KEY))
 
 
@@ -438,7 +438,7 @@ def train_fold(spec: FoldSpec) -> tuple[pd.DataFrame, dict, str, tuple]:
         "log": str(log_path.relative_to(artifacts_dir)), "notes": " | ".join(fit.notes),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    return rows, run, RUNS_FILE, RUN_KEY
+    return rows, run, CROSSVAL_RUNS_FILE, RUN_KEY
 
 
 def run_train_fraction_sweep(

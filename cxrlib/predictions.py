@@ -46,7 +46,7 @@ __all__ = [
     "KEY", "RUN_KEY", "MODEL_KEY", "BASE_COLUMNS", "probability_columns", "classes_of",
     "make_predictions", "validate_predictions", "merge_predictions", "append_predictions",
     "read_predictions", "completed_runs", "average_by_patient", "artifact_stem",
-    "save_embeddings", "load_embeddings", "RUNS_FILE", "with_checkpoints",
+    "save_embeddings", "load_embeddings", "CROSSVAL_RUNS_FILE", "with_checkpoints",
 ]
 
 #: Unique key of a row.
@@ -58,7 +58,7 @@ MODEL_KEY = ("experiment", "model", "method")
 BASE_COLUMNS = ("image_id", "repetition", "fold", "experiment", "model", "method", "label",
                 "predicted")
 #: The log of the folds cross-validation trained (:mod:`cxrlib.crossval`), one line per fold.
-RUNS_FILE = "crossval_runs.csv"
+CROSSVAL_RUNS_FILE = "crossval_runs.csv"
 _PREFIX = "p_"
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.@+-]+$")
 
@@ -328,7 +328,7 @@ def with_checkpoints(predictions: pd.DataFrame, artifacts_dir: str | Path) -> pd
     the images as the classifier saw them. Rows of other methods in the table, such as notebook
     02's FuCiTNet and COVID-SDNet (which read generator-transformed images), are left out.
     """
-    path = Path(artifacts_dir) / RUNS_FILE
+    path = Path(artifacts_dir) / CROSSVAL_RUNS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run notebook 03 (03_classifier_cv) first")
     runs = pd.read_csv(path, usecols=list(RUN_KEY)).astype(str).drop_duplicates()

@@ -225,7 +225,7 @@ def test_average_by_patient_same_day():
 
 
 def test_with_checkpoints_keeps_only_cross_validated_folds(tmp_path):
-    from cxrlib.predictions import RUNS_FILE, with_checkpoints
+    from cxrlib.predictions import CROSSVAL_RUNS_FILE, with_checkpoints
     from cxrlib.run_folder import upsert_row
 
     preds = pd.DataFrame({
@@ -235,8 +235,9 @@ def test_with_checkpoints_keeps_only_cross_validated_folds(tmp_path):
     with pytest.raises(FileNotFoundError, match="notebook 03"):
         with_checkpoints(preds, tmp_path)
     for exp, fold in (("exp1", 0), ("exp1", 1), ("sdnet", 0), ("exp1", 0)):  # last one replaces
-        upsert_row(tmp_path / RUNS_FILE, {"experiment": exp, "model": "covidnet", "method": "m",
-                                          "repetition": 0, "fold": fold, "n_train": fold + 10},
+        upsert_row(tmp_path / CROSSVAL_RUNS_FILE,
+                   {"experiment": exp, "model": "covidnet", "method": "m",
+                    "repetition": 0, "fold": fold, "n_train": fold + 10},
                    ("experiment", "model", "method", "repetition", "fold"))
-    assert len(pd.read_csv(tmp_path / RUNS_FILE)) == 3
+    assert len(pd.read_csv(tmp_path / CROSSVAL_RUNS_FILE)) == 3
     assert list(with_checkpoints(preds, tmp_path)["image_id"]) == ["a", "b", "c"]

@@ -13,7 +13,8 @@ import pytest  # noqa: E402
 
 from cxrlib import embedding  # noqa: E402
 from cxrlib.predictions import (  # noqa: E402
-    RUN_KEY, RUNS_FILE, append_predictions, artifact_stem, make_predictions, save_embeddings,
+    CROSSVAL_RUNS_FILE, RUN_KEY, append_predictions, artifact_stem, make_predictions,
+    save_embeddings,
 )
 from cxrlib.run_folder import upsert_row  # noqa: E402
 
@@ -140,8 +141,9 @@ def _artifacts(tmp_path, missing_file=False):
                                  experiment="exp1", model="covidnet", method="m", repetition=0,
                                  fold=fold)
         append_predictions(tmp_path / "predictions.parquet", preds)
-        upsert_row(tmp_path / RUNS_FILE, {"experiment": "exp1", "model": "covidnet", "method": "m",
-                                          "repetition": 0, "fold": fold}, RUN_KEY)
+        upsert_row(tmp_path / CROSSVAL_RUNS_FILE,
+                   {"experiment": "exp1", "model": "covidnet", "method": "m",
+                    "repetition": 0, "fold": fold}, RUN_KEY)
         # a method of another notebook (no checkpoint, no embeddings) is not a trained fold here
         append_predictions(tmp_path / "predictions.parquet", preds.assign(model="covid-sdnet"))
         if missing_file and fold == 1:
