@@ -3,8 +3,8 @@
 Writes N synthetic DICOMs (12 bits stored, half MONOCHROME1, half with a VOI window) in a
 temporary folder, then times, on one core:
 
-- decode: ``cxrlib.dicom.read_dicom`` (read + modality LUT + VOI + inversion);
-- convert: ``cxrlib.dicom.dicom_to_cached_png`` on a cold cache (decode + hash + 16-bit PNG);
+- decode: ``cxrlib.data.dicom.read_dicom`` (read + modality LUT + VOI + inversion);
+- convert: ``cxrlib.data.dicom.dicom_to_cached_png`` on a cold cache (decode + hash + 16-bit PNG);
 - cached: the same call again (hash + header only);
 - with ``--jobs J > 1``, the cold conversion spread over J worker processes.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from cxrlib.dicom import dicom_to_cached_png, read_dicom, write_dicom
+from cxrlib.data.dicom import dicom_to_cached_png, read_dicom, write_dicom
 
 SYNTAXES = {"explicit": None, "jpeg2000": JPEG2000Lossless, "rle": RLELossless}
 

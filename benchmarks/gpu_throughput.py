@@ -3,7 +3,7 @@ estimated GPU-hours of the paper profile.
 
 For each ``--model`` (random images and labels, one initialisation for both paths):
 
-- **study loop**: :func:`cxrlib.training.train_classifier` itself, one epoch of ``--warmup`` +
+- **study loop**: :func:`cxrlib.train.training.train_classifier` itself, one epoch of ``--warmup`` +
   ``--steps`` batches with the profile's :class:`cxrlib.gpu.DeviceSettings` (mixed precision,
   channels-last, loader workers with pinned memory, augmentation on the device, cuDNN switch)
   and the recipe's augmentation; a callback times the training batches after the warm-up (data
@@ -17,9 +17,9 @@ For each ``--model`` (random images and labels, one initialisation for both path
 
 It prints the images/second of each, the ratio study / bare (goal: at least 0.70 on a GPU), then
 estimates the GPU-hours of the paper profile: every training the notebooks run at that profile
-(from the profile's fields, the recipes and ``cxrlib.cv_report.classifier_setup`` /
-``cxrlib.cit.CiTSetup.from_profile``; early stopping ignored, so an upper bound), in image-steps
-per network, each weighted by its network's forward FLOPs at its input size (counted by
+(from the profile's fields, the recipes and ``cxrlib.train.crossval.classifier_setup`` /
+``cxrlib.train.cit.CiTSetup.from_profile``; early stopping ignored, so an upper bound), in
+image-steps per network, each weighted by its network's forward FLOPs at its input size (counted by
 ``torch.utils.flop_counter`` on the meta device), divided by the training FLOP rate the study loop
 reached here (or ``--assume-tflops``). It is an estimate from one measured rate, not a measurement
 of the paper profile: networks differ in how well they use a GPU, and CPU-side augmentation can
@@ -46,7 +46,7 @@ import torch
 from cxrlib.gpu import DeviceSettings
 from cxrlib.models.classifiers import WIDTH_SCALABLE, build_classifier
 from cxrlib.profiles import get_profile
-from cxrlib.training import (
+from cxrlib.train.training import (
     DEFAULT_RECIPE, ClassifierDataset, get_recipe, train_classifier,
 )
 
@@ -185,12 +185,12 @@ def paper_trainings(profile, n3: int, n2: int) -> list[dict]:
     eval images (validation each epoch and the predictions; forward only) and the forward
     GFLOPs of one training image (``step_gflops``, forward + backward = 3x, frozen layers 1x)
     and of one evaluated image (``eval_gflops``)."""
-    from cxrlib.cit import CiTSetup
-    from cxrlib.crossval import run_crossval
-    from cxrlib.cv_report import classifier_setup
+    from cxrlib.train.cit import CiTSetup
+    from cxrlib.train.crossval import run_crossval
+    from cxrlib.train.crossval import classifier_setup
     from cxrlib.models.cit import CiTGenerator
     from cxrlib.models.unet import UNet
-    from cxrlib.shortcuts import probe_settings
+    from cxrlib.analysis.shortcuts import probe_settings
 
     P = profile
     val = inspect.signature(run_crossval).parameters["val_fraction"].default

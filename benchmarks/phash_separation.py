@@ -1,9 +1,9 @@
-"""Does the near-duplicate threshold of :mod:`cxrlib.qc` separate copies from distinct images?
+"""Does the near-duplicate threshold of :mod:`cxrlib.data.qc` separate copies from distinct images?
 
 On the 12 real radiographs of ``../shared/real_sample`` (read in place, never copied), each
 image is perturbed in memory the way re-distributed copies differ (resized, JPEG re-encoded,
 cropped by a few percent, contrast or gamma changed, and resize + JPEG together). The
-perceptual hash of :func:`cxrlib.qc.perceptual_hash` (256 bits) is taken of every version and
+perceptual hash of :func:`cxrlib.data.qc.perceptual_hash` (256 bits) is taken of every version and
 the Hamming distances of two kinds of pairs are printed:
 
 - near duplicates: an original and a perturbed copy of the same image;
@@ -11,7 +11,7 @@ the Hamming distances of two kinds of pairs are printed:
   patient, e.g. two days of one ARDS course, are listed apart as "same patient").
 
 The script ends, per perturbation, with the largest copy distance against the smallest
-distinct one and whether ``cxrlib.qc.NEAR_MAX_DISTANCE`` catches the copies, and with the range
+distinct one and whether ``cxrlib.data.qc.NEAR_MAX_DISTANCE`` catches the copies, and with the range
 of thresholds that separates the copies the hash can see from every distinct pair. (A DCT
 hash is not shift-invariant: crops of a few percent move it as far as another image does.)
 
@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from cxrlib.images import read_image
-from cxrlib.qc import NEAR_MAX_DISTANCE, perceptual_hash
+from cxrlib.data.images import read_image
+from cxrlib.data.qc import NEAR_MAX_DISTANCE, perceptual_hash
 
 DEFAULT_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "real_sample"
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     worst = near.groupby("version")["distance"].max()
     seen = worst[worst < other.min()]
     print(f"\nclosest distinct pair: {other.min()} bits; threshold "
-          f"cxrlib.qc.NEAR_MAX_DISTANCE = {t} bits")
+          f"cxrlib.data.qc.NEAR_MAX_DISTANCE = {t} bits")
     for version, d in worst.items():
         verdict = ("caught" if d <= t else
                    "missed at this threshold" if d < other.min() else

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrlib.images import read_image
+from cxrlib.data.images import read_image
 from cxrlib.models import UNet
 from cxrlib.profiles import get_profile
-from cxrlib.segmentation import (
+from cxrlib.preprocess.segmentation import (
     load_unet, postprocess_mask, predict_lung_probability, prepare_unet_input,
 )
-from cxrlib.views import VIEWS, make_view, resize_image
+from cxrlib.preprocess.views import VIEWS, make_view, resize_image
 
 
 def two_lungs(shape: tuple[int, int], dx: float = 0.0, dy: float = 0.0) -> np.ndarray:

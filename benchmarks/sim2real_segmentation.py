@@ -7,25 +7,26 @@ Three modes:
     DIR/images/*.png     grayscale radiographs (8 or 16 bit, any size)
     DIR/masks/*.png      0/255 masks of both lungs
 
-The default pipeline's U-Net (:func:`cxrlib.synthetic_unet.synthetic_unet` of ``--profile``,
-trained on the synthetic cohort and cached; or ``--weights``) segments every image, then the
-same U-Net adapted to DIR's images (:func:`cxrlib.segmentation_adaptation.adapt_unet` with the
-profile's settings: batch-norm statistics, then self-training on plausible pseudo-masks; it reads
-the images only, never DIR/masks). Printed: per-image Dice and IoU without and with adaptation
-(scored against the masks at the mask's resolution), mean ± sd of each, and, as the last line,
-the mean Dice of the default pipeline (synthetic training + adaptation). The papers' U-Net
-reaches 0.985 (JSRT) and 0.972 (Montgomery) when trained on real masks of the same sets.
+The default pipeline's U-Net (:func:`cxrlib.preprocess.synthetic_unet.synthetic_unet` of
+``--profile``, trained on the synthetic cohort and cached; or ``--weights``) segments every image,
+then the same U-Net adapted to DIR's images
+(:func:`cxrlib.preprocess.segmentation_adaptation.adapt_unet` with the profile's settings:
+batch-norm statistics, then self-training on plausible pseudo-masks; it reads the images only,
+never DIR/masks). Printed: per-image Dice and IoU without and with adaptation (scored against the
+masks at the mask's resolution), mean ± sd of each, and, as the last line, the mean Dice of the
+default pipeline (synthetic training + adaptation). The papers' U-Net reaches 0.985 (JSRT) and
+0.972 (Montgomery) when trained on real masks of the same sets.
 
 ``--real DIR --ablation``: the effect of each domain randomisation change
-(:mod:`cxrlib.domain_randomisation`) on the real-sample Dice (before adaptation): one U-Net
-trained with the profile's changes (``seg_domain_randomisation``), one with none, one without
+(:mod:`cxrlib.preprocess.domain_randomisation`) on the real-sample Dice (before adaptation): one
+U-Net trained with the profile's changes (``seg_domain_randomisation``), one with none, one without
 each of the profile's changes in turn and one with each other change added, all on the same
-synthetic cohort (``--n-images`` images of ``--preset``, ``--epochs``), printed as a table with
-the held-out synthetic Dice beside.
+synthetic cohort (``--n-images`` images of ``--preset``, ``--epochs``), printed as a table with the
+held-out synthetic Dice beside.
 
 ``--corpus MANIFEST``: an unlabelled real corpus (a manifest CSV,
-:func:`cxrlib.manifest.load_manifest`); prints the segmentation QC's flag rate per source, without
-and with adaptation to the corpus.
+:func:`cxrlib.data.manifest.load_manifest`); prints the segmentation QC's flag rate per source,
+without and with adaptation to the corpus.
 
     python benchmarks/sim2real_segmentation.py --real ../shared/real_sample
     python benchmarks/sim2real_segmentation.py --real DIR --weights reports/.../unet_lung.pt
@@ -43,15 +44,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cxrlib.domain_randomisation import CHANGES
-from cxrlib.images import read_image
+from cxrlib.preprocess.domain_randomisation import CHANGES
+from cxrlib.data.images import read_image
 from cxrlib.paths import data_dir
 from cxrlib.profiles import get_profile
-from cxrlib.segmentation import (
+from cxrlib.preprocess.segmentation import (
     load_unet, read_unet_params, score_masks, segment_manifest, train_unet_on_manifest,
 )
-from cxrlib.segmentation_adaptation import adapt_unet, adapt_unet_to_manifest, adaptation_settings
-from cxrlib.synthetic_unet import real_pairs, score_on_real, synthetic_unet
+from cxrlib.preprocess.segmentation_adaptation import (
+    adapt_unet, adapt_unet_to_manifest, adaptation_settings,
+)
+from cxrlib.preprocess.synthetic_unet import real_pairs, score_on_real, synthetic_unet
 
 
 def _model(args):
@@ -96,8 +99,8 @@ def real_mode(args) -> None:
 
 
 def ablation_mode(args) -> None:
-    from cxrlib.manifest import load_manifest
-    from cxrlib.synthetic import generate_cohort
+    from cxrlib.data.manifest import load_manifest
+    from cxrlib.data.synthetic import generate_cohort
 
     real_pairs(args.real)  # fails early when the folder is incomplete
     prof = get_profile(args.profile)
@@ -140,7 +143,7 @@ def ablation_mode(args) -> None:
 
 
 def corpus_mode(args) -> None:
-    from cxrlib.manifest import load_manifest
+    from cxrlib.data.manifest import load_manifest
 
     manifest = load_manifest(args.corpus)
     root = manifest.attrs["data_root"]

@@ -4,8 +4,8 @@
 
 Measures, in one process:
 
-- render: :func:`cxrlib.synthetic.render_case` on ``n`` sampled cases (no file written);
-- full write: :func:`cxrlib.synthetic.generate_cohort` of ``n`` images into a temporary folder
+- render: :func:`cxrlib.data.synthetic.render_case` on ``n`` sampled cases (no file written);
+- full write: :func:`cxrlib.data.synthetic.generate_cohort` of ``n`` images into a temporary folder
   (sampling, rendering, three PNGs per image, manifest and its validation).
 
 Both are reported per second of CPU time of this process (what one core delivers, robust to
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cxrlib.synthetic import generate_cohort, render_case, sample_cases  # noqa: E402
+from cxrlib.data.synthetic import generate_cohort, render_case, sample_cases  # noqa: E402
 
 TARGET = 50.0
 

@@ -33,7 +33,7 @@ from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cxrlib.images import read_image, read_mask  # noqa: E402
+from cxrlib.data.images import read_image, read_mask  # noqa: E402
 
 LONG_SIDE = 256
 BINS = 8
@@ -125,7 +125,7 @@ def folder_pairs(real_dir: Path) -> list[tuple[Path, Path]]:
 
 
 def manifest_pairs(manifest: Path) -> list[tuple[Path, Path]]:
-    from cxrlib.manifest import load_manifest
+    from cxrlib.data.manifest import load_manifest
 
     df = load_manifest(manifest)
     root = Path(df.attrs["data_root"])
@@ -163,7 +163,7 @@ def main(argv=None) -> None:
             synth_pairs = manifest_pairs(Path(args.synthetic))
             label = Path(args.synthetic).name
         else:
-            from cxrlib.synthetic import generate_cohort
+            from cxrlib.data.synthetic import generate_cohort
 
             generate_cohort(tmp, preset=args.synthetic, n_images=args.n, size=args.size,
                             seed=args.seed, shortcut=args.shortcut, progress=False)

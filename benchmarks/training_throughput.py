@@ -1,9 +1,9 @@
-"""Training-step throughput: the fastai path of cxrlib.training against a bare PyTorch loop.
+"""Training-step throughput: the fastai path of cxrlib.train.training against a bare PyTorch loop.
 
 Both paths train the same network (two copies of one initialisation) on the same dataset
-(:class:`cxrlib.training.ClassifierDataset`), batch size, optimiser (PyTorch-style Adam) and
+(:class:`cxrlib.train.training.ClassifierDataset`), batch size, optimiser (PyTorch-style Adam) and
 class-weighted cross-entropy; the fastai path is a ``Learner`` built as
-:func:`cxrlib.training.train_classifier` builds it. Only the training phase is timed (fastai:
+:func:`cxrlib.train.training.train_classifier` builds it. Only the training phase is timed (fastai:
 ``before_train`` to ``after_train``; bare: the loop over the batches); each path runs one warm-up
 step first, and the two alternate ``--rounds`` times so that a busy machine hurts both alike.
 The median images/second of each path and their ratio are printed (target: fastai / bare >= 0.90).
@@ -28,7 +28,7 @@ import torch
 
 from cxrlib.models.classifiers import build_classifier
 from cxrlib.profiles import get_profile
-from cxrlib.training import ClassifierDataset, balanced_class_weights, predict
+from cxrlib.train.training import ClassifierDataset, balanced_class_weights, predict
 
 
 def bare_pytorch_epoch(model, dataset, batch_size, weight, lr, seed) -> float:

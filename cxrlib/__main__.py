@@ -36,7 +36,7 @@ def _run(args) -> int:
 
 
 def _compare(args) -> int:
-    from cxrlib.compare import compare_runs, format_comparison
+    from cxrlib.report.compare import compare_runs, format_comparison
 
     try:
         result = compare_runs(args.run_a, args.run_b)
@@ -48,7 +48,7 @@ def _compare(args) -> int:
 
 
 def _synth(args) -> int:
-    from cxrlib.synthetic import generate_cohort
+    from cxrlib.data.synthetic import generate_cohort
 
     df = generate_cohort(args.out, preset=args.preset, n_images=args.n, size=args.size,
                          seed=args.seed, shortcut=args.shortcut, n_jobs=args.jobs, progress=True,
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(the study's cohorts use 0.15)")
     synth.set_defaults(func=_synth)
 
-    from cxrlib.importers.cli import add_corpus_parser, add_import_parser
+    from cxrlib.data.importers.cli import add_corpus_parser, add_import_parser
 
     add_import_parser(sub)
     add_corpus_parser(sub)

@@ -22,7 +22,7 @@ from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from cxrlib.qc import short_reason
+from cxrlib.data.qc import short_reason
 from cxrlib.run_folder import RunFolder
 
 FLOW_DIR = "flow"

@@ -3,10 +3,10 @@ pinned memory, and cuDNN's autotuner, as one frozen :class:`DeviceSettings`.
 
 A profile sets them (``gpu_mixed_precision``, ``gpu_channels_last``, ``loader_workers``,
 ``cudnn_benchmark``; :meth:`DeviceSettings.from_profile`) and the trainings take them as
-``gpu=``: :func:`cxrlib.training.train_classifier` (fastai's ``MixedPrecision`` callback),
-:func:`cxrlib.cit.train_cit` (a plain loop: ``torch.autocast`` and a ``GradScaler``),
-:func:`cxrlib.segmentation.train_unet`. The default, ``DeviceSettings()``, is everything off:
-the trainings as they were before these settings existed.
+``gpu=``: :func:`cxrlib.train.training.train_classifier` (fastai's ``MixedPrecision`` callback),
+:func:`cxrlib.train.cit.train_cit` (a plain loop: ``torch.autocast`` and a ``GradScaler``),
+:func:`cxrlib.preprocess.segmentation.train_unet`. The default, ``DeviceSettings()``, is everything
+off: the trainings as they were before these settings existed.
 
 - ``mixed_precision``: autocast to bfloat16 where the GPU supports it (no loss scaling needed),
   else float16 with a ``GradScaler``. Only on a CUDA device; on the CPU the training stays in
@@ -21,7 +21,7 @@ the trainings as they were before these settings existed.
   workers beyond the spare cores fight them (a 2-core machine trained several times slower with
   one worker), hence 0 in the CPU profiles.
 - ``device_augmentation``: the classifiers' training augmentation drawn for a whole batch on the
-  CUDA device (:func:`cxrlib.training.augment_batch`) instead of image by image on the CPU.
+  CUDA device (:func:`cxrlib.train.training.augment_batch`) instead of image by image on the CPU.
   torchvision's elastic deformation blurs its displacement field with a 41 x 41 kernel, about
   30 ms per 224-px image on a CPU core: a few loader workers cannot feed a GPU that trains
   COVID-Net at a thousand images a second. The same transforms and distributions, other random
@@ -33,15 +33,15 @@ the trainings as they were before these settings existed.
   same weights, as the study promises ("every executor gives the same tables"); on, a run is
   faster and no longer bitwise reproducible.
 
-**Which of them enter a unit's settings hash** (:mod:`cxrlib.units`; :meth:`DeviceSettings.hashed`):
-those that change what is computed, not only how. Mixed precision computes in another
-arithmetic; the number of loader workers changes the random draws of the augmentation (each
-worker draws from its own seed, fastai's ``set_seed(base seed + worker id)``; the result is
-reproducible for a given number of workers, not across numbers); augmentation on the device
-draws other random transforms. Channels-last memory and
-cuDNN's choice of algorithm are ways of computing the same thing, like the device itself, which
-is not a setting either. Each enters the hash only when it is on, so the settings of the CPU
-profiles (everything off) hash as before these settings existed.
+**Which of them enter a unit's settings hash** (:mod:`cxrlib.train.units`;
+:meth:`DeviceSettings.hashed`): those that change what is computed, not only how. Mixed precision
+computes in another arithmetic; the number of loader workers changes the random draws of the
+augmentation (each worker draws from its own seed, fastai's ``set_seed(base seed + worker id)``;
+the result is reproducible for a given number of workers, not across numbers); augmentation on the
+device draws other random transforms. Channels-last memory and cuDNN's choice of algorithm are ways
+of computing the same thing, like the device itself, which is not a setting either. Each enters the
+hash only when it is on, so the settings of the CPU profiles (everything off) hash as before these
+settings existed.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-__all__ = ["DeviceSettings", "OFF"]
+__all__ = ["DeviceSettings", "OFF", "default_device"]
 
 
 def _is_cuda(device) -> bool:
@@ -205,3 +205,10 @@ def _channels_last_callback():
                                   for x in self.learn.xb)
 
     return ChannelsLastBatches()
+
+
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else CUDA when available, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

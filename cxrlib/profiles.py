@@ -35,12 +35,14 @@ class Profile:
     seg_batch_norm : batch normalisation in the U-Net (not in the reference; it lets the short
         CPU trainings of ``smoke`` and ``default`` converge in their few epochs).
     seg_domain_randomisation : the random acquisition changes drawn on each U-Net training image
-        (:data:`cxrlib.domain_randomisation.CHANGES`; empty: the reference's affine augmentation
-        only), so that a U-Net trained on synthetic images carries over to real ones.
+        (:data:`cxrlib.preprocess.domain_randomisation.CHANGES`; empty: the reference's affine
+        augmentation only), so that a U-Net trained on synthetic images carries over to real ones.
     seg_adapt_epochs : self-training epochs of the synthetic U-Net on a real corpus without lung
-        masks (:func:`cxrlib.segmentation_adaptation.adapt_unet`; 0: batch-norm re-estimation only).
+        masks (:func:`cxrlib.preprocess.segmentation_adaptation.adapt_unet`; 0: batch-norm
+        re-estimation only).
     seg_adapt_max_images : most corpus images the adaptation uses (a random sample of them).
-    seg_adapt_min_plausibility : lowest plausibility score (:mod:`cxrlib.lung_plausibility`)
+    seg_adapt_min_plausibility : lowest plausibility score
+    (:mod:`cxrlib.preprocess.lung_plausibility`)
         of a pseudo-mask kept for self-training.
     seg_min_steps : fewest U-Net optimiser steps; the epochs are raised on a small cohort to reach
         it (``smoke``: a 64-image cohort gets 2 epochs, too few steps otherwise to find the lungs).
@@ -55,7 +57,7 @@ class Profile:
     cls_width : channel multiplier of the from-scratch classifiers of notebook 03 (COVID-Net).
     cls_folds : how many folds of the split plan notebook 03 trains (the first ones; at most
         ``folds``), so that its CPU time fits the profile.
-    cls_recipe : the training recipe of COVID-Net (:data:`cxrlib.training.RECIPES`):
+    cls_recipe : the training recipe of COVID-Net (:data:`cxrlib.train.training.RECIPES`):
         ``arias2020`` (the paper's Adam 2e-5, which learns almost nothing in a few epochs) or
         ``arias2020-fast`` (Adam 1e-3, precise batch-norm statistics).
     paper_schedules : every training keeps its paper's epochs, batch size and augmentation
@@ -72,7 +74,7 @@ class Profile:
     cam_road_percentiles : the percentiles of the map at which ROAD removes pixels (the ROAD
         paper and ``pytorch_grad_cam``'s ``ROADCombined`` use 10, 20, ..., 90; each costs one
         imputation per image).
-    cit_recipe : the recipe of notebook 02's transformations (:data:`cxrlib.cit.CIT_RECIPES`):
+    cit_recipe : the recipe of notebook 02's transformations (:data:`cxrlib.train.cit.CIT_RECIPES`):
         ``fucitnet2020`` (the paper's) or ``fucitnet-fast`` (randomly initialised generators
         that approach the identity within a few CPU epochs).
     cit_classifier : the CiT classifier's network (ResNet-18 in seed 000).
@@ -92,8 +94,8 @@ class Profile:
         with a message naming the cell and this limit (:func:`cxrlib.runner.execute_notebook`).
         ``smoke`` 600, ``default`` 3600, ``paper`` 86400 (a day: the papers' trainings on a GPU).
     gpu_mixed_precision : train in mixed precision on a CUDA device (bfloat16 autocast where the
-        GPU supports it, else float16 with loss scaling; :mod:`cxrlib.gpu`). No effect on a CPU.
-        Changes the numbers a training gives, so it enters the units' settings hash (when on).
+        GPU supports it, else float16 with loss scaling; :mod:`cxrlib.gpu`). No effect on a
+        CPU. Changes the numbers a training gives, so it enters the units' settings hash (when on).
     gpu_channels_last : classifier weights and batches in channels-last memory on a CUDA device
         (tensor cores); the same arithmetic in another layout. No effect on a CPU.
     loader_workers : DataLoader worker processes that prepare and augment the batches while the
@@ -105,8 +107,8 @@ class Profile:
         promises that a unit trained again gives the same result (deterministic cuDNN
         algorithms); ``-p profile.cudnn_benchmark=true`` trades that for speed.
     gpu_augmentation : the classifiers' training augmentation drawn batch by batch on a CUDA
-        device (:func:`cxrlib.training.augment_batch`) rather than image by image in the loader
-        (the elastic deformation alone costs a CPU core about 30 ms per 224-px image). Other
+        device (:func:`cxrlib.train.training.augment_batch`) rather than image by image in the
+        loader (the elastic deformation alone costs a CPU core about 30 ms per 224-px image). Other
         random draws, so it enters the units' settings hash (when on). No effect on a CPU.
     """
 
@@ -165,7 +167,8 @@ class Profile:
         return replace(self, **changes)
 
 
-#: The changes of :mod:`cxrlib.domain_randomisation` the U-Net trains with: all but ``opacity``,
+#: The changes of :mod:`cxrlib.preprocess.domain_randomisation` the U-Net trains with: all but
+# ``opacity``,
 #: whose effect on the real-sample Dice was inconclusive (-0.023 in one ``default`` training,
 #: +0.017 in the reduced-scale ablation of ``benchmarks/sim2real_segmentation.py``).
 _DOMAIN_RANDOMISATION = ("gamma", "window", "clahe", "blur", "sharpen", "noise", "zoom_out", "crop",

@@ -125,7 +125,7 @@ def json_hash(value) -> str:
 def manifest_hash(csv_path: str | Path) -> str:
     """SHA-256 (hex) of a manifest's content: the CSV's bytes, then its sidecar's (which holds
     the data root), whatever folder the files are in."""
-    from cxrlib.manifest import sidecar_path
+    from cxrlib.data.manifest import sidecar_path
 
     digest = hashlib.sha256(Path(csv_path).read_bytes())
     side = sidecar_path(csv_path)

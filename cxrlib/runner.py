@@ -12,12 +12,13 @@ writes::
             NN_name.html      its rendering for reviewers (no code)
             tables/  figures/  artifacts/
 
-Without ``--manifest`` a run carries the synthetic cohorts of :data:`cxrlib.synthetic.COHORTS`, in
-that order: ``arias-noshortcut`` (``arias`` with the shortcut removed, the control of the shortcut
-findings), ``arias`` (3 classes, 8 sources, for seed 001's tables) and ``covidgr`` (binary, for seed
-000's). With ``--manifest`` it runs one cohort, a real corpus. A notebook may limit itself to some
-synthetic cohorts with the notebook metadata ``{"cxr_study": {"cohorts": ["covidgr"]}}``; it then
-runs on those cohorts and on every real manifest.
+Without ``--manifest`` a run carries the synthetic cohorts of
+:data:`cxrlib.data.synthetic.COHORTS`, in that order: ``arias-noshortcut`` (``arias`` with the
+shortcut removed, the control of the shortcut findings), ``arias`` (3 classes, 8 sources, for seed
+001's tables) and ``covidgr`` (binary, for seed 000's). With ``--manifest`` it runs one cohort, a
+real corpus. A notebook may limit itself to some synthetic cohorts with the notebook metadata
+``{"cxr_study": {"cohorts": ["covidgr"]}}``; it then runs on those cohorts and on every real
+manifest.
 
 Parameters beyond the runner's own reach the notebooks that declare them (``-p NAME=VALUE``,
 ``--params FILE.yaml``, ``-p profile.FIELD=VALUE``; see :mod:`cxrlib.parameters`); they are
@@ -45,12 +46,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cxrlib.checklist import reviewer_reports_html
-from cxrlib.landing import HEADLINE_CSS, headline_html, shown_path
+from cxrlib.report.checklist import reviewer_reports_html
+from cxrlib.report.landing import HEADLINE_CSS, headline_html, shown_path
 from cxrlib.parameters import resolve_parameters
 from cxrlib.paths import NOTEBOOKS_DIR, REPO_ROOT, REPORTS_DIR
 from cxrlib.profiles import get_profile
-from cxrlib.provenance import collect_provenance
+from cxrlib.report.provenance import collect_provenance
 from cxrlib.run_folder import (
     STALE_DIR,
     RunFolder,
@@ -85,7 +86,8 @@ class NotebookFailed(RuntimeError):
 
 class NotebookSubmitted(RuntimeError):
     """A notebook submitted its fold trainings as SLURM jobs and stopped (``--no-wait``,
-    :class:`cxrlib.executors.UnitsSubmitted`); the same run started again reattaches to them."""
+    :class:`cxrlib.train.executors.UnitsSubmitted`); the same run started again reattaches to
+    them."""
 
     def __init__(self, notebook: str, cohort: str, message: str):
         self.notebook, self.cohort = notebook, cohort
@@ -129,9 +131,9 @@ class RunRecord:
     manifest_hashes: dict = field(default_factory=dict)
     #: the resolved profile as the notebooks used it (:meth:`Profile.as_dict` with overrides)
     profile_fields: dict = field(default_factory=dict)
-    #: git, manifests, system and packages (:func:`cxrlib.provenance.collect_provenance`)
+    #: git, manifests, system and packages (:func:`cxrlib.report.provenance.collect_provenance`)
     provenance: dict = field(default_factory=dict)
-    #: where the fold trainings ran (:func:`cxrlib.executors.executor_settings`: ``name``, and
+    #: where the fold trainings ran (:func:`cxrlib.train.executors.executor_settings`: ``name``, and
     #: for ``local`` its workers, threads per worker and GPUs); not a setting of the run folder,
     #: since every executor gives the same tables
     executor: dict = field(default_factory=dict)
@@ -165,7 +167,7 @@ def list_notebooks(only: list[str] | None = None, notebooks_dir: Path = NOTEBOOK
 
 def notebook_cohorts(path: Path) -> list[str] | None:
     """The synthetic cohorts a notebook declares it applies to (names of
-    :data:`cxrlib.synthetic.COHORTS`), or None for all."""
+    :data:`cxrlib.data.synthetic.COHORTS`), or None for all."""
     meta = json.loads(Path(path).read_text()).get("metadata", {})
     return meta.get("cxr_study", {}).get("cohorts")
 
@@ -358,7 +360,7 @@ def _cohort_names(manifest: str | None, cohorts: list[str] | None) -> list[str]:
     """The cohorts of a run: the manifest's file stem, or the synthetic cohorts asked for."""
     if manifest:
         return [Path(manifest).stem]
-    from cxrlib.synthetic import COHORTS
+    from cxrlib.data.synthetic import COHORTS
 
     names = list(cohorts or COHORTS)
     bad = [c for c in names if c not in COHORTS]
@@ -373,7 +375,7 @@ def _cohort_manifests(names: list[str], manifest: str | None, prof, seed: int, l
     when it is not cached yet)."""
     if manifest:
         return {names[0]: Path(manifest)}
-    from cxrlib.synthetic import cohort_spec, default_cohort
+    from cxrlib.data.synthetic import cohort_spec, default_cohort
 
     found = {}
     for name in names:
@@ -489,18 +491,19 @@ def run_study(
     only : notebook number prefixes to run (the others are not run; their earlier artifacts in
         ``out_dir`` are read by the ones that run).
     cohorts : synthetic cohorts to run, in this order (default every cohort of
-        :data:`cxrlib.synthetic.COHORTS`); ignored with ``manifest``.
+        :data:`cxrlib.data.synthetic.COHORTS`); ignored with ``manifest``.
     parameters : notebook parameters and ``profile.FIELD`` overrides (name -> value, see
         :func:`cxrlib.parameters.resolve_parameters`); each notebook receives those it declares.
     fresh : first move the run folder's content aside (to ``<out_dir>.replaced-<date-time>``,
         :func:`cxrlib.run_folder.set_aside_folder`); nothing is deleted.
-    executor, workers, threads : where the notebooks train their folds (:mod:`cxrlib.executors`:
+    executor, workers, threads : where the notebooks train their folds
+    (:mod:`cxrlib.train.executors`:
         ``auto`` | ``inline`` | ``local`` | ``slurm``; None: ``CXR_EXECUTOR``, else ``auto``),
         the local executor's worker processes and torch threads per worker; passed to the
         notebooks' kernels as ``CXR_EXECUTOR``, ``CXR_WORKERS``, ``CXR_THREADS`` and recorded in
         ``run.json``.
     slurm_config, no_wait : the SLURM executor's settings file (YAML,
-        :func:`cxrlib.executors.read_slurm_config`) and whether to submit the jobs and stop: a
+        :func:`cxrlib.train.executors.read_slurm_config`) and whether to submit the jobs and stop: a
         notebook that submitted is ``submitted`` (its outputs are kept, the cohort's later
         notebooks wait), the run's status is ``submitted``, and the same run started again
         reattaches to the jobs and merges their results.
@@ -510,7 +513,7 @@ def run_study(
     :class:`cxrlib.run_folder.RunFolderConflict` (a ValueError), before anything runs, when the
     run folder belongs to other settings or holds another manifest for one of the cohorts.
     """
-    from cxrlib.executors import (
+    from cxrlib.train.executors import (
         ENV_EXECUTOR, ENV_NO_WAIT, ENV_SLURM_CONFIG, ENV_THREADS, ENV_WORKERS, executor_settings,
     )
 
@@ -668,7 +671,7 @@ def _report_row(r: dict, esc=html.escape) -> str:
 
 def _provenance_html(prov: dict, esc=html.escape) -> str:
     """The index's provenance section: commit, manifests and their hashes, machine, packages
-    (:func:`cxrlib.provenance.collect_provenance`; empty for a record without any)."""
+    (:func:`cxrlib.report.provenance.collect_provenance`; empty for a record without any)."""
     if not prov:
         return ""
     git = prov.get("git") or {}
@@ -706,8 +709,8 @@ def _caveat(record: RunRecord, prof) -> str:
     profile below the papers' scale (from its fields)."""
     said = []
     if not record.manifest:
-        said.append("These numbers come from synthetic cohorts (cxrlib.synthetic): they test the "
-                    "study's methods against a known truth, and none of them transfers to "
+        said.append("These numbers come from synthetic cohorts (cxrlib.data.synthetic): they test "
+                    "the study's methods against a known truth, and none of them transfers to "
                     "patients.")
     if not prof.paper_schedules or prof.image_size < 224 or prof.cls_width < 1:
         said.append(f"The {prof.name} profile trains at reduced scale ({prof.image_size} px "

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrlib.manifest import load_manifest
+from cxrlib.data.manifest import data_root_of, load_manifest
 from cxrlib.paths import REPORTS_DIR
 from cxrlib.profiles import Profile, get_profile
 from cxrlib.run_folder import RunFolder, RunFolderConflict, manifest_hash, read_run_claim
@@ -39,7 +39,7 @@ class Study:
     Attributes
     ----------
     profile : the scale parameters.
-    cohort : the cohort's name (a synthetic cohort of :data:`cxrlib.synthetic.COHORTS`, or the
+    cohort : the cohort's name (a synthetic cohort of :data:`cxrlib.data.synthetic.COHORTS`, or the
         manifest's file stem).
     preset : the synthetic preset (``arias`` or ``covidgr``) or ``None`` for a real corpus.
     manifest : the validated manifest; ``manifest.attrs['data_root']`` is the image root.
@@ -58,12 +58,12 @@ class Study:
 
     @property
     def data_root(self) -> Path:
-        return Path(self.manifest.attrs["data_root"])
+        return data_root_of(self.manifest)
 
     @property
     def classes(self) -> list[str]:
         """The labels present in the cohort, in the schema's order."""
-        from cxrlib.manifest import LABELS
+        from cxrlib.data.manifest import LABELS
 
         present = set(self.manifest["label"])
         return [c for c in LABELS if c in present]
@@ -103,8 +103,8 @@ def open_study(
     """Resolve a notebook's parameters into a :class:`Study`.
 
     With an empty ``manifest`` the synthetic cohort ``cohort`` (a name of
-    :data:`cxrlib.synthetic.COHORTS`: a preset and a shortcut knob) at this profile is used, and
-    generated first if it is not cached yet; ``shortcut`` overrides the cohort's knob.
+    :data:`cxrlib.data.synthetic.COHORTS`: a preset and a shortcut knob) at this profile is used,
+    and generated first if it is not cached yet; ``shortcut`` overrides the cohort's knob.
     ``profile_overrides`` changes fields of the profile (checked by
     :func:`cxrlib.profiles.check_overrides`).
     """
@@ -115,7 +115,7 @@ def open_study(
         preset = frame.attrs["meta"].get("generator", {}).get("preset")
         name = cohort or manifest_path.stem
     else:
-        from cxrlib.synthetic import cohort_spec, default_cohort
+        from cxrlib.data.synthetic import cohort_spec, default_cohort
 
         preset, knob = cohort_spec(cohort)
         manifest_path = Path(default_cohort(
@@ -178,7 +178,7 @@ def shortcut_twin_run(study: Study, twin_run_dir: str | Path = "") -> tuple[Path
     """The run folder of the cohort's shortcut-free twin, for comparisons made by the planted one.
 
     The twin is ``twin_run_dir`` if given, else the sibling folder of the run named by
-    :func:`cxrlib.synthetic.shortcut_twin` (``arias`` -> ``arias-noshortcut``). It is returned
+    :func:`cxrlib.data.synthetic.shortcut_twin` (``arias`` -> ``arias-noshortcut``). It is returned
     only when this cohort has a planted shortcut (knob > 0) and the twin's ``artifacts/study.json``
     shows a lower knob with the same preset, profile and seed.
 
@@ -186,7 +186,7 @@ def shortcut_twin_run(study: Study, twin_run_dir: str | Path = "") -> tuple[Path
     -------
     (folder, "") or (None, a clause that says why there is no comparison).
     """
-    from cxrlib.synthetic import COHORTS, shortcut_twin
+    from cxrlib.data.synthetic import COHORTS, shortcut_twin
 
     if study.shortcut is None:
         return None, "this cohort has no synthetic shortcut knob, so nothing planted to compare"

@@ -120,7 +120,7 @@ def write_bare_dicom(path, seed):
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
 
-    from cxrlib.dicom import write_dicom
+    from cxrlib.data.dicom import write_dicom
 
     pixels = (np.random.default_rng(seed).random((32, 32)) * 4095).astype(np.uint16)
     path.parent.mkdir(parents=True, exist_ok=True)

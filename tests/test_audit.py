@@ -4,10 +4,10 @@ import pytest
 
 matplotlib.use("Agg")
 
-from cxrlib import audit
-from cxrlib.manifest import validate_manifest
-from cxrlib.splits import make_split_plan
-from cxrlib.widgets import overlay_rgb
+from cxrlib.analysis import audit
+from cxrlib.data.manifest import validate_manifest
+from cxrlib.data.splits import make_split_plan
+from cxrlib.data.images import overlay_rgb
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_overlay_rgb():
 
 
 def test_image_browser_builds_and_updates(cohort):
-    from cxrlib.widgets import image_browser
+    from cxrlib.report.widgets import image_browser
 
     df, root = cohort
     box = image_browser(df, root)

@@ -18,14 +18,15 @@ import pytest
 from PIL import Image
 
 from conftest import write_bare_dicom, write_png
-from cxrlib import audit, qc
-from cxrlib.corpus import EmptyManifestError, compose_corpus, load_corpus_config, write_corpus
-from cxrlib.dicom import DicomError, read_dicom, write_dicom
-from cxrlib.images import DegenerateImageError, read_image
-from cxrlib.importers import ImportOptions, run_importer
-from cxrlib.importers.common import accounting, write_import_result
-from cxrlib.manifest import ManifestError, load_manifest, sidecar_path
-from cxrlib.pixel_checks import degenerate_reason
+from cxrlib.analysis import audit
+from cxrlib.data import qc
+from cxrlib.data.corpus import EmptyManifestError, compose_corpus, load_corpus_config, write_corpus
+from cxrlib.data.dicom import DicomError, read_dicom, write_dicom
+from cxrlib.data.images import DegenerateImageError, read_image
+from cxrlib.data.importers import ImportOptions, run_importer
+from cxrlib.data.importers.common import accounting, write_import_result
+from cxrlib.data.manifest import ManifestError, load_manifest, sidecar_path
+from cxrlib.data.pixel_checks import degenerate_reason
 from cxrlib.run_folder import (
     RunFolderConflict,
     changed_outputs,
@@ -431,7 +432,7 @@ def test_a_corpus_that_supports_the_study_says_so():
 
 @pytest.mark.notebook
 def test_notebook_00_stops_a_one_class_corpus_with_the_reason(tmp_path, tiny_cohort):
-    from cxrlib.manifest import write_manifest
+    from cxrlib.data.manifest import write_manifest
     from cxrlib.runner import NotebookFailed, run_study
 
     df, root = tiny_cohort

@@ -1,12 +1,11 @@
-"""Bias analysis of the predictions table (cxrlib.bias) on hand-made tables."""
+"""Bias analysis of the predictions table (cxrlib.analysis.bias) on hand-made tables."""
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from cxrlib import bias
-
+from cxrlib.analysis import bias
 CLASSES = ["control", "covid19"]
 
 

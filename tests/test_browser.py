@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrlib import landing
+from cxrlib.report import landing
 from cxrlib.paths import NOTEBOOKS_DIR, REPO_ROOT, data_dir
 
 pytestmark = pytest.mark.browser

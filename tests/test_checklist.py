@@ -1,4 +1,4 @@
-"""The reporting checklist (cxrlib.checklist): on a hand-made tiny run folder, and on the
+"""The reporting checklist (cxrlib.report.checklist): on a hand-made tiny run folder, and on the
 session's smoke run (the ``smoke_run`` fixture of conftest.py, shared with the notebook tests)."""
 import json
 from pathlib import Path
@@ -7,10 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlib import checklist as cl
-from cxrlib import model_cards as mc
-
-
+from cxrlib.report import checklist as cl
+from cxrlib.report import model_cards as mc
 def write_tiny_run(run: Path, cohort: str = "demo") -> Path:
     """A run folder with one cohort of 10 images of 5 patients and the few tables and
     artifacts the checklist reads (no bias, shortcut or Grad-CAM tables)."""
@@ -129,8 +127,8 @@ def test_smoke_run_checklist_links_and_numbers(smoke_run):
 
 
 def test_html_renders_the_markdown_emphasis_and_code_of_the_texts():
-    assert cl.inline_html("items marked *left to the authors*, by `cxrlib.checklist`") == \
-        "items marked <i>left to the authors</i>, by <code>cxrlib.checklist</code>"
+    assert cl.inline_html("items marked *left to the authors*, by `cxrlib.report.checklist`") == \
+        "items marked <i>left to the authors</i>, by <code>cxrlib.report.checklist</code>"
     # a lone star, stars inside words and markup in the text stay text
     assert cl.inline_html("2 * 3 and a*b <b>") == "2 * 3 and a*b &lt;b&gt;"
     page = cl.render_html(pd.DataFrame(columns=["guideline", "item", "asks", "status", "answer",

@@ -9,11 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from cxrlib import cit
+from cxrlib.train import cit
+from cxrlib.train.cit import crossval as cit_crossval
+from cxrlib.train.cit.loop import _refresh_batchnorm
 from cxrlib.models.cit import CiTGenerator, ResidualBlock
-from cxrlib.predictions import read_predictions
-from cxrlib.splits import make_split_plan
-from cxrlib.training import get_recipe
+from cxrlib.train.predictions import read_predictions
+from cxrlib.data.splits import make_split_plan
+from cxrlib.train.training import get_recipe, load_images
 from tests.conftest import write_tiny_cohort
 
 
@@ -155,7 +157,7 @@ def test_precise_batchnorm_mixes_the_classes_and_skips_an_absent_one():
     x = (0.2 + 0.6 * y.float()).view(n, 1, 1, 1) + 0.01 * torch.randn(n, 1, 4, 4)
     generators = nn.ModuleList([nn.Identity(), nn.Identity()])
     classifier = nn.BatchNorm2d(3)
-    cit._refresh_batchnorm(generators, classifier, x, y, batch_size=8, n_batches=8, device="cpu")
+    _refresh_batchnorm(generators, classifier, x, y, batch_size=8, n_batches=8, device="cpu")
     total_var = cit.to_network_input(x).var(dim=(0, 2, 3))
     # single-class batches would give the within-class variance only (about 1e-4 / std^2)
     assert torch.allclose(classifier.running_var, total_var, rtol=0.15)
@@ -165,7 +167,7 @@ def test_precise_batchnorm_mixes_the_classes_and_skips_an_absent_one():
     with_bn = nn.ModuleList([nn.BatchNorm2d(1), nn.BatchNorm2d(1)])
     with_bn[1].running_mean.fill_(0.7)
     only_class_0 = torch.zeros(n, dtype=torch.long)
-    cit._refresh_batchnorm(with_bn, nn.BatchNorm2d(3), x, only_class_0, 8, 8, "cpu")
+    _refresh_batchnorm(with_bn, nn.BatchNorm2d(3), x, only_class_0, 8, 8, "cpu")
     assert with_bn[1].running_mean.item() == pytest.approx(0.7)
     assert with_bn[0].running_mean.item() == pytest.approx(x.mean().item(), abs=1e-4)
 
@@ -236,11 +238,11 @@ def test_generators_never_see_their_test_fold(tiny_binary, monkeypatch):
         given.append(np.concatenate([train_images, valid_images]))
         return real_train_cit(train_images, train_labels, valid_images, valid_labels, *args, **kw)
 
-    monkeypatch.setattr(cit, "train_cit", recording_train_cit)
+    monkeypatch.setattr(cit_crossval, "train_cit", recording_train_cit)  # cit_fold looks it up here
     runs = cit.run_cit_crossval(views, df, plan, artifacts, setup, image_size=32, seed=0)
     assert runs["fold"].tolist() == [0, 1] and len(given) == 2
     sdnet_paths = views[views["view"] == "sdnet"].set_index("image_id")["path"]
-    pixels = dict(zip(sdnet_paths.index, cit.load_images(list(sdnet_paths), 32)))
+    pixels = dict(zip(sdnet_paths.index, load_images(list(sdnet_paths), 32)))
     for fold, seen_images in zip(runs["fold"], given):
         test_ids = plan.loc[plan["fold"] == fold, "image_id"]
         test_images = {pixels[i].tobytes() for i in test_ids}
@@ -262,7 +264,7 @@ def test_generators_never_see_their_test_fold(tiny_binary, monkeypatch):
     for (model, fold), rows in preds.groupby(["model", "fold"]):
         assert set(rows["image_id"]) == set(plan.loc[plan["fold"] == fold, "image_id"]), model
     assert set(preds["experiment"]) == {"sdnet"}
-    history = runs.attrs["history"]
+    history = cit.read_cit_history(artifacts)
     assert len(history) == 4 and history["train_pixel"].gt(0).all()
     loaded = cit.load_cit(next((artifacts / "cit").glob("*_f0.pth")))
     assert len(loaded["generators"]) == 2 and loaded["classes"] == ["control", "covid19"]

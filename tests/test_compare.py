@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import pytest
 
-from cxrlib.compare import (
+from cxrlib.report.compare import (
     compare_runs,
     compare_tables,
     format_comparison,

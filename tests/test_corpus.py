@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 
 from conftest import write_png
-from cxrlib.corpus import carry_split_plans, compose_corpus, load_corpus_config, write_corpus
-from cxrlib.dicom import write_dicom
-from cxrlib.importers import ImportOptions, run_importer
+from cxrlib.data.corpus import carry_split_plans, compose_corpus, load_corpus_config, write_corpus
+from cxrlib.data.dicom import write_dicom
+from cxrlib.data.importers import ImportOptions, run_importer
 from cxrlib.__main__ import main as cli_main
-from cxrlib.importers.common import write_import_result
-from cxrlib.manifest import ManifestError, load_manifest, write_manifest
+from cxrlib.data.importers.common import write_import_result
+from cxrlib.data.manifest import ManifestError, load_manifest, write_manifest
 from cxrlib.paths import MANIFESTS_DIR
 
 KEY = b"test-key-0123456789abcdef"

@@ -3,18 +3,19 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlib import crossval
-from cxrlib.crossval import (
+from cxrlib.train import crossval
+from cxrlib.train.crossval import (
     experiment_grid, holdout_plan, read_runs, run_crossval, run_train_fraction_sweep,
 )
-from cxrlib.metrics import auc_by_train_fraction
+from cxrlib.analysis.metrics import auc_by_train_fraction
 from cxrlib.models.classifiers import load_classifier
-from cxrlib.predictions import (
+from cxrlib.train.predictions import (
     append_predictions, artifact_stem, average_by_patient, load_embeddings, make_predictions,
     merge_predictions, read_predictions, validate_predictions,
 )
-from cxrlib.splits import make_split_plan
-from cxrlib.training import get_recipe, load_images, predict
+from cxrlib.data.splits import make_split_plan
+from cxrlib.profiles import get_profile
+from cxrlib.train.training import get_recipe, load_images, predict
 
 CLASSES = ["control", "pneumonia", "covid19"]
 TINY = dict(image_size=32, width=0.125, epochs=1, batch_size=8, progress=False)
@@ -225,7 +226,7 @@ def test_average_by_patient_same_day():
 
 
 def test_with_checkpoints_keeps_only_cross_validated_folds(tmp_path):
-    from cxrlib.predictions import CROSSVAL_RUNS_FILE, with_checkpoints
+    from cxrlib.train.predictions import CROSSVAL_RUNS_FILE, with_checkpoints
     from cxrlib.run_folder import upsert_row
 
     preds = pd.DataFrame({
@@ -241,3 +242,17 @@ def test_with_checkpoints_keeps_only_cross_validated_folds(tmp_path):
                    ("experiment", "model", "method", "repetition", "fold"))
     assert len(pd.read_csv(tmp_path / CROSSVAL_RUNS_FILE)) == 3
     assert list(with_checkpoints(preds, tmp_path)["image_id"]) == ["a", "b", "c"]
+
+
+def test_classifier_setup_per_profile():
+    smoke, paper = (crossval.classifier_setup(get_profile(n)) for n in ("smoke", "paper"))
+    assert smoke.covidnet[1].name == "arias2020-fast" and smoke.covidnet[1].lr == 1e-3
+    assert smoke.overrides == {"epochs": 1, "batch_size": 16} and smoke.folds == [0, 1]
+    assert paper.covidnet[1].name == "arias2020" and paper.overrides == {}
+    assert paper.binary[0] == "resnet50" and paper.binary[1].name == "tabik2020"
+    assert paper.folds == [0, 1, 2, 3, 4]
+    # no branch on the name: a renamed copy of a profile trains the same way
+    renamed = get_profile("paper").with_overrides(name="cluster")
+    assert crossval.classifier_setup(renamed) == paper
+    vgg = crossval.classifier_setup(get_profile("smoke", {"cls_binary_model": "vgg16"}))
+    assert vgg.binary[1].name == "civit2020"  # the model's own paper's recipe

@@ -1,12 +1,11 @@
-"""Notebook 03's helpers: views input, severity accuracy, seed 000's columns, paper tables."""
+"""Notebooks 02 and 03's tables beside the papers: seed 000's columns, paper tables, sentences."""
 import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlib import cv_report
-from cxrlib.metrics import class_metrics, global_metrics, summarize
-from cxrlib.predictions import make_predictions
-from cxrlib.profiles import get_profile
+from cxrlib.report import cv_report
+from cxrlib.analysis.metrics import class_metrics, global_metrics, summarize
+from cxrlib.train.predictions import make_predictions
 
 
 def _manifest():
@@ -25,42 +24,12 @@ def _predictions(fold=0, predicted_positive=("a", "c", "e")):
                             model="covidnet", method="m", repetition=0, fold=fold)
 
 
-def test_read_views_needs_notebook_01(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run notebook 01"):
-        cv_report.read_views(tmp_path, _manifest())
 
 
-def test_read_views_excludes_qc_failures_and_resolves_paths(tmp_path):
-    pd.DataFrame({"image_id": ["a", "a", "b", "zz"], "view": ["exp1", "exp3", "exp1", "exp1"],
-                  "path": ["views/a1.png", "/abs/a3.png", "views/b1.png", "x.png"]}
-                 ).to_csv(tmp_path / "views.csv", index=False)
-    pd.DataFrame({"image_id": ["a", "b"], "qc_pass": [False, True]}).to_csv(
-        tmp_path / "segmentation_qc.csv", index=False)
-    views, excluded = cv_report.read_views(tmp_path, _manifest())
-    assert excluded == ["a"]
-    assert list(views["image_id"]) == ["b"]  # "zz" is not in the manifest
-    assert views["path"].iloc[0] == str(tmp_path / "views" / "b1.png")
-    views, excluded = cv_report.read_views(tmp_path, _manifest(), exclude_qc_failed=False)
-    assert excluded == [] and list(views["path"])[:2] == [str(tmp_path / "views/a1.png"),
-                                                         "/abs/a3.png"]
 
 
-def test_severity_accuracy_hand_computed():
-    table = cv_report.severity_accuracy(_predictions(), _manifest())
-    # positives called positive: a (mild) and c (severe); b (mild) and d (normal_pcr_pos) missed
-    assert list(table["severity"]) == ["normal_pcr_pos", "mild", "severe"]
-    assert list(table["n"]) == [1, 2, 1]
-    assert list(table["accuracy"]) == [0.0, 0.5, 1.0]
 
 
-def test_without_severity_drops_images_from_manifest_and_plan():
-    plan = pd.DataFrame({"image_id": list("abcdef"), "group": list("abcdef"),
-                         "repetition": 0, "fold": [0, 1, 0, 1, 0, 1]})
-    manifest, kept_plan = cv_report.without_severity(_manifest(), plan)
-    assert "d" not in set(manifest["image_id"]) and "d" not in set(kept_plan["image_id"])
-    assert len(manifest) == len(kept_plan) == 5
-    with pytest.raises(ValueError, match="unknown severity"):
-        cv_report.without_severity(_manifest(), plan, "critical")
 
 
 def test_binary_metrics_use_seed_000_names():
@@ -92,18 +61,6 @@ def test_compare_experiments_sentence():
         cv_report.compare_experiments(glob, "exp2", "exp3")
 
 
-def test_classifier_setup_per_profile():
-    smoke, paper = (cv_report.classifier_setup(get_profile(n)) for n in ("smoke", "paper"))
-    assert smoke.covidnet[1].name == "arias2020-fast" and smoke.covidnet[1].lr == 1e-3
-    assert smoke.overrides == {"epochs": 1, "batch_size": 16} and smoke.folds == [0, 1]
-    assert paper.covidnet[1].name == "arias2020" and paper.overrides == {}
-    assert paper.binary[0] == "resnet50" and paper.binary[1].name == "tabik2020"
-    assert paper.folds == [0, 1, 2, 3, 4]
-    # no branch on the name: a renamed copy of a profile trains the same way
-    renamed = get_profile("paper").with_overrides(name="cluster")
-    assert cv_report.classifier_setup(renamed) == paper
-    vgg = cv_report.classifier_setup(get_profile("smoke", {"cls_binary_model": "vgg16"}))
-    assert vgg.binary[1].name == "civit2020"  # the model's own paper's recipe
 
 
 def test_table4_beside_paper_reads_published_numbers():
@@ -116,16 +73,6 @@ def test_table4_beside_paper_reads_published_numbers():
     assert row["Recall"] == "25.00"  # a single run has no sd
 
 
-def test_read_views_keeps_everything_when_qc_would_empty_a_class(tmp_path):
-    pd.DataFrame({"image_id": list("abcdef"), "view": "exp1", "path": "/x.png"}).to_csv(
-        tmp_path / "views.csv", index=False)
-    pd.DataFrame({"image_id": list("abcdef"), "qc_pass": [True] * 4 + [False] * 2}).to_csv(
-        tmp_path / "segmentation_qc.csv", index=False)
-    with pytest.warns(UserWarning, match="0 image\\(s\\) of class 'control'"):
-        views, excluded = cv_report.read_views(tmp_path, _manifest(), min_per_class=1)
-    assert excluded == [] and len(views) == 6 and views.attrs["qc_exclusion_skipped"]
-    views, excluded = cv_report.read_views(tmp_path, _manifest())
-    assert excluded == ["e", "f"] and not views.attrs["qc_exclusion_skipped"]
 
 
 def test_binary_beside_paper_picks_a_model_within_an_experiment():
@@ -147,7 +94,7 @@ def test_binary_beside_paper_picks_a_model_within_an_experiment():
 
 
 def test_cutoff_beside_paper_by_hand():
-    from cxrlib.predictions import make_predictions
+    from cxrlib.train.predictions import make_predictions
 
     # two images per patient; covid19 scores .9/.7 and .6/.4 (COVID-19 patients), .3/.1 (control)
     # and .45/.35 (pneumonia): patient means .8, .5 | .2, .4

@@ -11,8 +11,8 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import get_encoder
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from cxrlib import dicom
-from cxrlib.dicom import (
+from cxrlib.data import dicom
+from cxrlib.data.dicom import (
     DicomError,
     dataset_from_tags,
     dicom_to_cached_png,

@@ -4,8 +4,10 @@ from scipy import ndimage
 import pytest
 import torch
 
-from cxrlib.domain_randomisation import CHANGES, GEOMETRIC, check_changes, randomise
-from cxrlib.segmentation import _LungDataset, normalise_unet_input, prepare_unet_input
+from cxrlib.preprocess.domain_randomisation import CHANGES, GEOMETRIC, check_changes, randomise
+from cxrlib.preprocess.segmentation.data import (
+    _LungDataset, normalise_unet_input, prepare_unet_input,
+)
 
 
 def _pair(size=64):

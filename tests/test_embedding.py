@@ -11,8 +11,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from cxrlib import embedding  # noqa: E402
-from cxrlib.predictions import (  # noqa: E402
+from cxrlib.analysis import embedding  # noqa: E402
+from cxrlib.train.predictions import (  # noqa: E402
     CROSSVAL_RUNS_FILE, RUN_KEY, append_predictions, artifact_stem, make_predictions,
     save_embeddings,
 )

@@ -4,9 +4,10 @@ import pandas as pd
 import pytest
 import torch
 
-from cxrlib import explain
+from cxrlib.analysis import explain
+from cxrlib.analysis.explain.oof import _with_boxes
 from cxrlib.models.classifiers import build_classifier
-from cxrlib.views import BOX_COLUMNS, dilate_mask, square_roi_box, view_box
+from cxrlib.preprocess.views import BOX_COLUMNS, dilate_mask, square_roi_box, view_box
 
 
 def _maps():
@@ -105,7 +106,7 @@ def test_view_box_and_frame_mapping():
 @pytest.mark.parametrize("view", ["exp1", "exp2", "exp3", "sdnet", "exp3_public_code"])
 def test_view_box_inverts_the_views(view):
     """The brightest spot of a view, mapped back through its box, lands where it came from."""
-    from cxrlib.views import make_view
+    from cxrlib.preprocess.views import make_view
 
     image = np.zeros((40, 50), dtype=np.float32)
     image[12:20, 22:30] = 1.0  # a bright square inside the lungs, centred at (15.5, 25.5)
@@ -165,10 +166,10 @@ def test_maps_take_their_boxes_from_the_views_table():
                           "path": "x.png", "box_row0": [0, 2, 1], "box_row1": [8, 6, 5],
                           "box_col0": [2, 4, 0], "box_col1": [10, 8, 4]})
     rows = pd.DataFrame({"image_id": ["b", "a"], "view": ["exp3", "exp1"]})
-    boxed = explain._with_boxes(rows, views)
+    boxed = _with_boxes(rows, views)
     assert [explain.row_box(r) for _, r in boxed.iterrows()] == [(1, 5, 0, 4), (0, 8, 2, 10)]
     with pytest.raises(ValueError, match="run notebook 01 again"):
-        explain._with_boxes(rows, views[["image_id", "view", "path"]])
+        _with_boxes(rows, views[["image_id", "view", "path"]])
 
 
 def test_stratified_image_ids_balances_classes():

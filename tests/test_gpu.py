@@ -1,15 +1,15 @@
-"""GPU settings (cxrlib.gpu): what they do on a CUDA device, that they change nothing on the CPU,
-how they reach the trainings, and which of them enter a unit's settings hash. Runs without a GPU:
-a CUDA device is only named (``torch.device("cuda")`` needs no GPU), never used."""
+"""GPU settings (cxrlib.gpu): what they do on a CUDA device, that they change nothing on the
+CPU, how they reach the trainings, and which of them enter a unit's settings hash. Runs without a
+GPU: a CUDA device is only named (``torch.device("cuda")`` needs no GPU), never used."""
 import numpy as np
 import pytest
 import torch
 
-from cxrlib.cv_report import classifier_setup
+from cxrlib.train.crossval import classifier_setup
 from cxrlib.gpu import OFF, DeviceSettings
 from cxrlib.models.classifiers import build_classifier
 from cxrlib.profiles import check_overrides, get_profile
-from cxrlib.training import get_recipe, train_classifier
+from cxrlib.train.training import get_recipe, train_classifier
 
 CLASSES = ["control", "pneumonia", "covid19"]
 ALL_ON = DeviceSettings(mixed_precision=True, channels_last=True, loader_workers=0,
@@ -128,8 +128,8 @@ def test_loader_workers_reach_the_dataloader_and_train_reproducibly():
 
 
 def test_only_result_changing_gpu_settings_enter_the_unit_settings(tmp_path):
-    from cxrlib.crossval import crossval_specs
-    from cxrlib.splits import make_split_plan
+    from cxrlib.train.crossval import crossval_specs
+    from cxrlib.data.splits import make_split_plan
     from test_crossval import TINY, write_tiny_pngs
 
     manifest, views = write_tiny_pngs(tmp_path)
@@ -155,7 +155,7 @@ def test_only_result_changing_gpu_settings_enter_the_unit_settings(tmp_path):
 
 
 def test_unet_domain_randomisation_draws_differ_between_loader_workers():
-    from cxrlib.segmentation import _LungDataset
+    from cxrlib.preprocess.segmentation.data import _LungDataset
 
     images = np.repeat(np.random.default_rng(0).random((1, 16, 16), np.float32), 4, axis=0)
     masks = np.zeros((4, 16, 16), bool)
@@ -170,8 +170,7 @@ def test_unet_domain_randomisation_draws_differ_between_loader_workers():
 
 
 def test_gpu_settings_leave_a_cpu_cit_training_bit_identical():
-    from cxrlib import cit
-
+    from cxrlib.train import cit
     rng = np.random.default_rng(1)
     x, y = rng.random((16, 32, 32)).astype(np.float32), np.arange(16) % 2
     recipe = cit.CIT_RECIPES["fucitnet-fast"].with_overrides(epochs=1, batch_size=8,
@@ -193,7 +192,7 @@ def test_gpu_settings_leave_a_cpu_cit_training_bit_identical():
 
 
 def test_batch_augmentation_flips_exactly_and_leaves_identity_maps_alone():
-    from cxrlib.training import Augmentation, augment_batch
+    from cxrlib.train.training import Augmentation, augment_batch
 
     x = torch.rand(5, 1, 24, 24)
     flip = Augmentation(hflip=1.0, rotation_deg=0.0, scale=(1.0, 1.0), elastic_p=0.0, noise_p=0.0)
@@ -206,7 +205,9 @@ def test_batch_augmentation_flips_exactly_and_leaves_identity_maps_alone():
 def test_batch_augmentation_draws_like_torchvision():
     from torchvision.transforms.v2 import functional as TF
 
-    from cxrlib.training import ARIAS_AUGMENTATION, Augmentation, _blurred_noise, augment_batch
+    from cxrlib.train.training import (
+        ARIAS_AUGMENTATION, Augmentation, _blurred_noise, augment_batch,
+    )
 
     # the elastic displacement: torchvision's 2-D blur, done separably
     shape, sigma = (3, 1, 64, 64), ARIAS_AUGMENTATION.elastic_sigma
@@ -228,7 +229,9 @@ def test_batch_augmentation_draws_like_torchvision():
 
 
 def test_device_augmentation_augments_the_chosen_classes_and_normalises():
-    from cxrlib.training import ARIAS_AUGMENTATION, ClassifierDataset, _make_device_augmentation
+    from cxrlib.train.training import (
+        ARIAS_AUGMENTATION, ClassifierDataset, _make_device_augmentation,
+    )
 
     x, y = torch.rand(6, 1, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2])
     callback = _make_device_augmentation(ARIAS_AUGMENTATION, [1, 2])

@@ -12,14 +12,14 @@ import pytest
 from PIL import Image
 
 from conftest import write_bare_dicom, write_png
-from cxrlib.dicom import is_dicom_file, write_dicom
-from cxrlib.images import image_format, read_image
-from cxrlib.importers import IMPORTERS, ImportOptions, run_importer
+from cxrlib.data.dicom import is_dicom_file, write_dicom
+from cxrlib.data.images import image_format, read_image
+from cxrlib.data.importers import IMPORTERS, ImportOptions, run_importer
 from cxrlib.__main__ import main as cli_main
-from cxrlib.importers.common import accounting, read_text_file, write_import_result
-from cxrlib.importers.nlm_tb import parse_clinical_reading
-from cxrlib.manifest import load_manifest, sidecar_path
-from cxrlib.pseudonym import (
+from cxrlib.data.importers.common import accounting, read_text_file, write_import_result
+from cxrlib.data.importers.nlm_tb import parse_clinical_reading
+from cxrlib.data.manifest import load_manifest, sidecar_path
+from cxrlib.data.pseudonym import (
     key_fingerprint,
     load_or_create_key,
     pseudonymize,

@@ -1,5 +1,5 @@
-"""The reviewer's landing page (cxrlib.landing): the headline findings read from hand-made tables,
-with hand-computed expectations; and, on the shared smoke run, the index and every rendered
+"""The reviewer's landing page (cxrlib.report.landing): the headline findings read from hand-made
+tables, with hand-computed expectations; and, on the shared smoke run, the index and every rendered
 report checked without a browser (links resolve, no stray Python repr or machine path)."""
 import ast
 import json
@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlib import landing
+from cxrlib.report import landing
 from cxrlib.paths import NOTEBOOKS_DIR, REPO_ROOT
 
 # --------------------------------------------------------------------------------------------

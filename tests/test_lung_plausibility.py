@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlib.images import read_mask
-from cxrlib.lung_plausibility import (
+from cxrlib.data.images import read_mask
+from cxrlib.preprocess.lung_plausibility import (
     QC_COLUMNS, RULE_COLUMNS, RULES, check_bottom_edge, check_height, check_lung_fraction,
     check_lung_pair, check_shoulders, check_side_by_side, check_size_ratio, check_top_edge,
     measure_lungs, plausibility, rule_phrase, soft_score,
 )
-from cxrlib.segmentation import lung_qc, qc_flag_reasons, qc_summary
+from cxrlib.preprocess.segmentation import lung_qc, qc_flag_reasons, qc_summary
 
 N = 100  # side of the hand-made masks
 
@@ -268,7 +268,7 @@ def test_true_masks_of_a_synthetic_cohort_pass(tmp_path):
     """The generator's masks are anatomical ground truth: no shape rule may flag them. Seed
     003's 30% is not a measured threshold (a few true masks cover 23% to 30%), so the cohort is
     checked at 20%."""
-    from cxrlib.synthetic import generate_cohort
+    from cxrlib.data.synthetic import generate_cohort
 
     manifest = generate_cohort(tmp_path, preset="arias", n_images=24, size=96, seed=0,
                                progress=False)

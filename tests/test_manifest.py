@@ -1,9 +1,10 @@
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from cxrlib.manifest import (
+from cxrlib.data.manifest import (
     COLUMNS, ManifestError, load_manifest, resolve_data_root, validate_manifest, write_manifest,
 )
 
@@ -129,7 +130,7 @@ def test_data_root_resolution(tmp_path):
 
 
 def test_join_manifest_by_hand_and_its_errors():
-    from cxrlib.manifest import image_info, join_manifest
+    from cxrlib.data.manifest import image_info, join_manifest
 
     manifest = pd.DataFrame({"image_id": ["a", "b"], "patient_id": ["p1", "p2"],
                              "sex": ["F", "M"]})
@@ -142,3 +143,15 @@ def test_join_manifest_by_hand_and_its_errors():
     stray = pd.DataFrame({"image_id": ["a", "zz", "yy"]})
     with pytest.raises(ValueError, match=r"scores.csv: image 'zz' is not in the manifest \(2 "):
         join_manifest(stray, manifest, ["sex"], what="scores.csv")
+
+
+def test_data_root_is_given_or_recorded_never_guessed(tmp_path):
+    from cxrlib.data.manifest import data_root_of
+
+    table = pd.DataFrame({"image_id": ["a"], "path": ["a.png"]})
+    with pytest.raises(ValueError, match="no data root .*pass data_root= explicitly"):
+        data_root_of(table)  # a table not loaded from a file: not the working directory
+    assert data_root_of(table, tmp_path) == tmp_path
+    table.attrs["data_root"] = str(tmp_path / "recorded")
+    assert data_root_of(table) == tmp_path / "recorded"
+    assert data_root_of(table, "/given") == Path("/given")  # an explicit root wins

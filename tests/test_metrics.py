@@ -6,13 +6,13 @@ from sklearn.metrics import (
     accuracy_score, balanced_accuracy_score, precision_recall_fscore_support, roc_auc_score,
 )
 
-from cxrlib.metrics import (
+from cxrlib.analysis.metrics import (
     auc_by_train_fraction, binary_rates, class_metrics, confusion_matrices,
     cutoff_metrics, format_mean_sd, global_from_confusion, global_metrics, mean_roc,
     optimal_cutoff, patient_bootstrap_weights, per_class_from_confusion, roc_curves, summarize,
-    training_curves,
+    severity_accuracy, training_curves,
 )
-from cxrlib.predictions import make_predictions
+from cxrlib.train.predictions import make_predictions
 
 CLASSES = ["control", "pneumonia", "covid19"]
 # rows = true class, columns = predicted class
@@ -194,3 +194,26 @@ def test_auc_by_train_fraction():
     out = auc_by_train_fraction(pd.concat([b, a, table_from_confusion(CM)]), "covid19")
     assert out["train_fraction"].tolist() == [0.5, 0.9] and out["view"].tolist() == ["exp1", "exp1"]
     assert out["auc"].iloc[0] == 1.0 and out["n_test"].tolist() == [12, 25]
+
+
+def _severity_manifest():
+    return pd.DataFrame({
+        "image_id": ["a", "b", "c", "d", "e", "f"],
+        "label": ["covid19", "covid19", "covid19", "covid19", "control", "control"],
+        "severity": ["mild", "mild", "severe", "normal_pcr_pos", None, None],
+    })
+
+
+def _severity_predictions():
+    ids, labels = list("abcdef"), list(_severity_manifest()["label"])
+    probs = np.array([[0.2, 0.8] if i in "ace" else [0.7, 0.3] for i in ids])
+    return make_predictions(ids, labels, probs, ["control", "covid19"], experiment="sdnet",
+                            model="covidnet", method="m", repetition=0, fold=0)
+
+
+def test_severity_accuracy_hand_computed():
+    table = severity_accuracy(_severity_predictions(), _severity_manifest())
+    # positives called positive: a (mild) and c (severe); b (mild) and d (normal_pcr_pos) missed
+    assert list(table["severity"]) == ["normal_pcr_pos", "mild", "severe"]
+    assert list(table["n"]) == [1, 2, 1]
+    assert list(table["accuracy"]) == [0.0, 0.5, 1.0]

@@ -1,12 +1,12 @@
-"""Model cards (cxrlib.model_cards): the patient bootstrap, a tiny hand-made run folder and the
-session's smoke run (the ``smoke_run`` fixture of conftest.py)."""
+"""Model cards (cxrlib.report.model_cards): the patient bootstrap, a tiny hand-made run folder and
+the session's smoke run (the ``smoke_run`` fixture of conftest.py)."""
 import re
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlib import model_cards as mc
+from cxrlib.report import model_cards as mc
 from test_checklist import write_tiny_run
 
 

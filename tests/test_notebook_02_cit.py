@@ -4,7 +4,7 @@ training table is checked against the split files and the predictions its folds 
 import pandas as pd
 import pytest
 
-from cxrlib.predictions import read_predictions
+from cxrlib.train.predictions import read_predictions
 
 pytestmark = pytest.mark.notebook
 

@@ -4,6 +4,7 @@ manifest; the predictions of the models notebook 04 trains; the masked views it 
 answers its reading states."""
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,12 +12,12 @@ import pytest
 from scipy import stats
 from sklearn.metrics import balanced_accuracy_score, precision_recall_fscore_support, roc_auc_score
 
-from cxrlib import bias, shortcuts
-from cxrlib.cv_report import classifier_setup
-from cxrlib.manifest import load_manifest
-from cxrlib.predictions import MODEL_KEY, read_predictions
+from cxrlib.analysis import bias, shortcuts
+from cxrlib.train.crossval import classifier_setup
+from cxrlib.data.manifest import load_manifest
+from cxrlib.train.predictions import MODEL_KEY, read_predictions
 from cxrlib.profiles import get_profile
-from cxrlib.training import load_images
+from cxrlib.train.training import load_images
 
 pytestmark = pytest.mark.notebook
 
@@ -256,8 +257,11 @@ def _markdown_of(out, code, cohort="arias"):
 
 
 def _views(out, name):
-    return pd.read_csv(out / "arias" / "artifacts" / "shortcut_views" / name / "views.csv",
-                       dtype={"image_id": str})
+    """Notebook 04's masked views of one cohort, paths stored relative to their folder."""
+    folder = out / "arias" / "artifacts" / "shortcut_views" / name
+    views = pd.read_csv(folder / "views.csv", dtype={"image_id": str})
+    assert not any(Path(p).is_absolute() for p in views["path"])  # the run folder can move
+    return views.assign(path=[str(folder / p) for p in views["path"]])
 
 
 def test_probes_recomputed_on_given_and_twin_cohorts(smoke_run):

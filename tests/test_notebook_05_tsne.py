@@ -10,8 +10,8 @@ import pytest
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
-from cxrlib.manifest import load_manifest
-from cxrlib.predictions import MODEL_KEY, artifact_stem, load_embeddings
+from cxrlib.data.manifest import load_manifest
+from cxrlib.train.predictions import MODEL_KEY, artifact_stem, load_embeddings
 
 pytestmark = pytest.mark.notebook
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from cxrlib import explain
-from cxrlib.predictions import MODEL_KEY, RUN_KEY, read_predictions, with_checkpoints
+from cxrlib.analysis import explain
+from cxrlib.train.predictions import MODEL_KEY, RUN_KEY, read_predictions, with_checkpoints
 from cxrlib.profiles import get_profile
 
 pytestmark = pytest.mark.notebook

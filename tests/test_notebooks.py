@@ -19,14 +19,14 @@ from sklearn.metrics import (
     accuracy_score, balanced_accuracy_score, precision_recall_fscore_support, roc_auc_score,
 )
 
-from cxrlib.images import read_image, read_mask
-from cxrlib.manifest import load_manifest
+from cxrlib.data.images import read_image, read_mask
+from cxrlib.data.manifest import load_manifest
 from cxrlib.paths import NOTEBOOKS_DIR
-from cxrlib.predictions import MODEL_KEY, RUN_KEY, read_predictions
+from cxrlib.train.predictions import MODEL_KEY, RUN_KEY, read_predictions
 from cxrlib.runner import list_notebooks
-from cxrlib.segmentation import split_by_patient
-from cxrlib.synthetic import COHORTS
-from cxrlib.views import BOX_COLUMNS, mask_file_name, view_box
+from cxrlib.preprocess.segmentation import split_by_patient
+from cxrlib.data.synthetic import COHORTS
+from cxrlib.preprocess.views import BOX_COLUMNS, mask_file_name, view_box
 
 pytestmark = pytest.mark.notebook
 

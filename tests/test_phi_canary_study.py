@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cxrlib.__main__ import main as cli_main
-from cxrlib.dicom import write_dicom
+from cxrlib.data.dicom import write_dicom
 from cxrlib.runner import run_study
 
 pytestmark = pytest.mark.notebook

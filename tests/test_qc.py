@@ -7,9 +7,7 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from cxrlib import qc
-
-
+from cxrlib.data import qc
 def _noise(seed: int, shape=(48, 40)) -> np.ndarray:
     return np.random.default_rng(seed).random(shape)
 

@@ -18,12 +18,12 @@ import yaml
 from PIL import Image
 
 from cxrlib.__main__ import main as cli_main
-from cxrlib.dicom import write_dicom
-from cxrlib.images import read_image
-from cxrlib.manifest import load_manifest
+from cxrlib.data.dicom import write_dicom
+from cxrlib.data.images import read_image
+from cxrlib.data.manifest import load_manifest
 from cxrlib.runner import RunRecord, list_notebooks
-from cxrlib.synthetic import generate_cohort
-from cxrlib.synthetic_unet import real_sample_dir
+from cxrlib.data.synthetic import generate_cohort
+from cxrlib.preprocess.synthetic_unet import real_sample_dir
 
 pytestmark = pytest.mark.notebook
 
@@ -137,7 +137,7 @@ def test_the_synthetic_unet_segmented_the_corpus(real_run):
 def test_the_synthetic_unet_was_adapted_to_the_corpus_images(real_run):
     cohort = real_run["out"] / "mine"
     model = pd.read_csv(cohort / "tables" / "segmentation_model.csv").iloc[0]
-    report = pd.read_csv(cohort / "artifacts" / "segmentation_adaptation.csv")
+    report = pd.read_csv(cohort / "tables" / "segmentation_adaptation.csv")
     corpus = load_manifest(real_run["manifests"] / "mine.csv")
     assert list(report["image_id"]) == list(corpus["image_id"])
     assert report["used"].sum() == model["adaptation_n_used"] == min(len(corpus), 64)

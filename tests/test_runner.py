@@ -7,7 +7,7 @@ import sys
 import nbformat
 import pytest
 
-from cxrlib.manifest import write_manifest
+from cxrlib.data.manifest import write_manifest
 from cxrlib.runner import NotebookFailed, check_kernel, list_notebooks, run_study
 
 PARAMS = ('profile = "smoke"\ncohort = ""\nmanifest = ""\nrun_dir = ""\nseed = 0\n'
@@ -346,7 +346,7 @@ def test_reports_show_warnings_without_the_file_they_came_from():
     from cxrlib.runner import plain_warnings
 
     stderr = ("/tmp/ipykernel_123/456.py:15: UserWarning: QC exclusion not applied\n"
-              "  views, excluded = cv_report.read_views(\n"
+              "  read = read_views(\n"
               "/opt/venv/lib/python3.11/site-packages/torch/jit/_script.py:1491: FutureWarning: "
               "`torch.jit.script` is deprecated.\n  warnings.warn(\nprogress 3/3\n")
     assert plain_warnings(stderr) == ("UserWarning: QC exclusion not applied\n"

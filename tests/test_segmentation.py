@@ -9,16 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrlib.images import read_mask
-from cxrlib.manifest import validate_manifest
+from cxrlib.data.images import read_mask
+from cxrlib.data.manifest import validate_manifest
 from cxrlib.models import UNet
-from cxrlib.segmentation import (
+from cxrlib.preprocess.segmentation import (
     dice_score, iou_score, load_unet, lung_qc, postprocess_mask,
     prepare_unet_input, read_unet_params, reference_scores, save_unet, score_masks, scores_table,
     segment_manifest, split_by_patient, summarise_scores, train_unet, train_unet_on_manifest,
     worst_cases,
 )
-from cxrlib.views import mask_file_name
+from cxrlib.preprocess.views import mask_file_name
 
 
 def lung_pair(size: int, shift: float = 0.0) -> np.ndarray:
@@ -314,8 +314,8 @@ def test_train_unet_on_manifest_saves_weights_and_parameters(tiny_cohort, tmp_pa
 
 def test_train_segment_score_and_views_on_a_synthetic_cohort(tmp_path):
     """The whole chain on the generator's files: 16-bit and 8-bit PNGs of several sizes."""
-    from cxrlib.synthetic import generate_cohort
-    from cxrlib.views import build_views
+    from cxrlib.data.synthetic import generate_cohort
+    from cxrlib.preprocess.views import build_views
 
     manifest = generate_cohort(tmp_path / "cohort", preset="arias", n_images=24, size=64, seed=0,
                                progress=False)
@@ -328,7 +328,7 @@ def test_train_segment_score_and_views_on_a_synthetic_cohort(tmp_path):
     scores = score_masks(manifest, tmp_path / "pred", progress=False)
     assert len(scores) == 24 and scores["dice"].between(0, 1).all()
     views = build_views(manifest, None, size=32, cache_dir=tmp_path / "views", progress=False)
-    assert len(views) == 24 * 4 and views.attrs["n_computed"] == 96
+    assert len(views.table) == 24 * 4 and views.n_computed == 96
 
 
 def test_hole_filling_keeps_notches_open_to_the_border():
@@ -342,8 +342,10 @@ def test_hole_filling_keeps_notches_open_to_the_border():
 
 
 def test_inference_batches_are_capped_and_give_the_same_probabilities(monkeypatch):
-    import cxrlib.segmentation as segmentation
-    from cxrlib.segmentation import CPU_ACTIVATION_BYTES, _cpu_batch_limit, predict_lung_probability
+    from cxrlib.preprocess.segmentation import inference
+    from cxrlib.preprocess.segmentation.inference import (
+        CPU_ACTIVATION_BYTES, _cpu_batch_limit, predict_lung_probability,
+    )
 
     torch.manual_seed(0)
     model = UNet(width=0.5).eval()
@@ -356,7 +358,7 @@ def test_inference_batches_are_capped_and_give_the_same_probabilities(monkeypatc
     np.testing.assert_allclose(predict_lung_probability(model, images, batch_size=5), one_by_one,
                                atol=1e-6)
     # a cap small enough to bite at 32 px: 2 images of 2 x 16 channels x 32 x 32 x 4 bytes
-    monkeypatch.setattr(segmentation, "CPU_ACTIVATION_BYTES", 2 * 32 * 32 * 32 * 4 + 1)
+    monkeypatch.setattr(inference, "CPU_ACTIVATION_BYTES", 2 * 32 * 32 * 32 * 4 + 1)
     batches = []
     hook = model.register_forward_hook(lambda module, args, out: batches.append(len(args[0])))
     capped = predict_lung_probability(model, images, batch_size=5, device="cpu")

@@ -5,15 +5,15 @@ import PIL.Image
 import pytest
 import torch
 
-from cxrlib.manifest import load_manifest
+from cxrlib.data.manifest import load_manifest
 from cxrlib.models.unet import UNet
-from cxrlib.segmentation import prepare_unet_input
-from cxrlib.segmentation_adaptation import (
+from cxrlib.preprocess.segmentation import prepare_unet_input
+from cxrlib.preprocess.segmentation_adaptation import (
     ManifestImages, adapt_unet, adapt_unet_to_manifest, adaptation_settings, adaptation_text,
     masks_before_after_figure, most_changed, plausibility_figure, pseudo_masks,
     reestimate_batchnorm,
 )
-from cxrlib.synthetic import generate_cohort
+from cxrlib.data.synthetic import generate_cohort
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,17 @@
-"""Shortcut probes (cxrlib.shortcuts): hand-made cases and the check of the method on cohorts
-with the shortcut planted and removed."""
+"""Shortcut probes (cxrlib.analysis.shortcuts): hand-made cases and the check of the method on
+cohorts with the shortcut planted and removed."""
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlib import shortcuts
-from cxrlib.images import read_image, read_mask
-from cxrlib.manifest import load_manifest
-from cxrlib.synthetic import generate_cohort
-from cxrlib.training import prepare_images
-from cxrlib.views import dilate_mask
+from cxrlib.analysis import shortcuts
+from cxrlib.data.images import read_image, read_mask
+from cxrlib.data.manifest import load_manifest
+from cxrlib.data.synthetic import generate_cohort
+from cxrlib.train.training import prepare_images
+from cxrlib.preprocess.views import dilate_mask
 
 # large enough that a 3-class, 8-source cohort has the shortcut's signal above the verdict margin
 # (at 480 images the lungs-removed diagnosis gain's lower bound fell to 0.09 with generator v2),
@@ -144,7 +144,7 @@ def test_verdicts_against_truth_by_hand():
 
 
 def test_projection_retrain_problem_names_why_a_projection_cannot_be_retrained():
-    from cxrlib.shortcuts import projection_retrain_problem
+    from cxrlib.analysis.shortcuts import projection_retrain_problem
 
     ids = [f"i{k}" for k in range(12)]
     subset = pd.DataFrame({"image_id": ids, "label": ["control", "covid19"] * 6})
@@ -171,7 +171,7 @@ def test_projection_retrain_problem_names_why_a_projection_cannot_be_retrained()
 
 
 def test_projections_not_retrained_lists_each_skipped_projection_and_the_unknown():
-    from cxrlib.shortcuts import projections_not_retrained
+    from cxrlib.analysis.shortcuts import projections_not_retrained
 
     ids = [f"i{k}" for k in range(10)]
     manifest = pd.DataFrame({"image_id": ids, "label": ["control", "covid19"] * 5,

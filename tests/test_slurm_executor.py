@@ -1,6 +1,6 @@
-"""The slurm executor (cxrlib.executors.SlurmExecutor) against the real one-node SLURM cluster of
-tools/slurm_local.sh: the same predictions table as inline, --no-wait then a run that reattaches
-without submitting twice, and a lost (cancelled) job submitted again.
+"""The slurm executor (cxrlib.train.executors.SlurmExecutor) against the real one-node SLURM
+cluster of tools/slurm_local.sh: the same predictions table as inline, --no-wait then a run that
+reattaches without submitting twice, and a lost (cancelled) job submitted again.
 
 Marked ``slurm`` like tests/test_slurm.py (``pytest -m slurm``); skipped, with the reason, where
 the cluster cannot start (CXR_REQUIRE_SLURM=1 makes that a failure).
@@ -12,15 +12,16 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from cxrlib.crossval import run_crossval
-from cxrlib.executors import SLURM_JOBS_FILE, SlurmExecutor, UnitsSubmitted
-from cxrlib.splits import make_split_plan
+from cxrlib.train.crossval import run_crossval
+from cxrlib.train.executors import SLURM_JOBS_FILE, SlurmExecutor, UnitsSubmitted
+from cxrlib.data.splits import make_split_plan
 from test_crossval import TINY, write_tiny_pngs
 
 pytestmark = pytest.mark.slurm
@@ -98,3 +99,71 @@ def test_a_cancelled_job_is_submitted_again(slurm_cluster, cohort, tmp_path):
     assert sorted(preds["image_id"]) == sorted(plan.loc[plan["fold"] == 0, "image_id"])
     arrays = sorted(p.name for p in (artifacts / "shards" / "slurm").iterdir() if p.is_dir())
     assert len(arrays) == 2 and first.split("_")[0] in arrays  # the lost job, then its retry
+
+
+# ---- notebook 03's smoke grid, disturbed while it runs ------------------------------------------
+
+def _squeue_running() -> list[str]:
+    out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i"], capture_output=True,
+                         text=True, timeout=30).stdout
+    return sorted(line.strip() for line in out.splitlines() if line.strip())
+
+
+def _disturb(log: list, stop: threading.Event):
+    """Requeue the first fold job seen running and cancel the next one (another job id); log
+    what was done as ``(action, job id)``."""
+    deadline = time.monotonic() + 600
+    while not stop.is_set() and time.monotonic() < deadline and len(log) < 2:
+        running = [j for j in _squeue_running() if j not in {job for _, job in log}]
+        if running:
+            time.sleep(3)  # inside the unit's training, not at its start
+            action = "requeue" if not log else "scancel"
+            command = ["scontrol", "requeue", running[0]] if action == "requeue" else \
+                ["scancel", running[0]]
+            if subprocess.run(command, capture_output=True, timeout=60).returncode == 0:
+                log.append((action, running[0]))
+        time.sleep(0.5)
+
+
+def test_notebook_03_smoke_grid_on_slurm_survives_a_requeue_and_a_kill(slurm_cluster, tmp_path):
+    """Seed 001's grid of notebook 03 at the smoke profile (three views of COVID-Net, the
+    profile's folds) on the synthetic cohort: the slurm executor gives the inline table, although
+    one running fold job is requeued (`scontrol requeue`: rerun from the start under its id) and
+    another is killed (`scancel`: lost, submitted again by the executor)."""
+    from cxrlib.data.manifest import load_manifest
+    from cxrlib.data.synthetic import default_cohort
+    from cxrlib.preprocess.views import build_views
+    from cxrlib.profiles import get_profile
+    from cxrlib.train.crossval import classifier_setup
+
+    profile = get_profile("smoke")
+    manifest = load_manifest(default_cohort("arias", profile, seed=0, progress=False))
+    views = build_views(manifest, None, ("exp1", "exp2", "exp3"), size=profile.image_size,
+                        cache_dir=tmp_path / "views", progress=False).table
+    plan = make_split_plan(manifest, folds=profile.folds, repetitions=profile.repetitions, seed=0)
+    setup = classifier_setup(profile)
+    grid = dict(experiments=["exp1", "exp2", "exp3"], models=[setup.covidnet],
+                image_size=profile.image_size, width=setup.width, folds=setup.folds, seed=0,
+                gpu=setup.gpu, progress=False, **setup.overrides)
+    inline = run_crossval(views, manifest, plan, tmp_path / "inline", executor="inline", **grid)
+    assert len(inline) > 0 and set(inline["fold"]) == set(setup.folds)
+
+    log: list = []
+    stop = threading.Event()
+    disturber = threading.Thread(target=_disturb, args=(log, stop), daemon=True)
+    disturber.start()
+    try:
+        preds = run_crossval(views, manifest, plan, tmp_path / "slurm",
+                             executor=_slurm(retries=2), **grid)
+    finally:
+        stop.set()
+        disturber.join(timeout=30)
+    assert [action for action, _ in log] == ["requeue", "scancel"], log
+    pd.testing.assert_frame_equal(preds, inline)
+    # the requeued job ran twice under its id; the killed one was submitted again
+    requeued = subprocess.run(["scontrol", "show", "job", log[0][1]], capture_output=True,
+                              text=True, timeout=30).stdout
+    assert "Restarts=1" in requeued or not requeued  # slurmctld may have purged it already
+    arrays = sorted(p.name for p in (tmp_path / "slurm" / "shards" / "slurm").iterdir()
+                    if p.is_dir())
+    assert len(arrays) == 2 and log[1][1].split("_")[0] in arrays

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrlib.splits import check_split_plan, fold_split, make_split_plan
+from cxrlib.data.splits import check_split_plan, fold_split, make_split_plan, without_severity
 
 
 def _cohort(n_patients=40, per_patient=3, seed=0):
@@ -86,3 +86,21 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="leaves 1 patient group"):
         fold_split(lone, 0, 0)
     assert len(fold_split(lone, 0, 0, val_fraction=0)["train"]) == (plan["fold"] == 1).sum()
+
+
+def _severity_manifest():
+    return pd.DataFrame({
+        "image_id": ["a", "b", "c", "d", "e", "f"],
+        "label": ["covid19", "covid19", "covid19", "covid19", "control", "control"],
+        "severity": ["mild", "mild", "severe", "normal_pcr_pos", None, None],
+    })
+
+
+def test_without_severity_drops_images_from_manifest_and_plan():
+    plan = pd.DataFrame({"image_id": list("abcdef"), "group": list("abcdef"),
+                         "repetition": 0, "fold": [0, 1, 0, 1, 0, 1]})
+    manifest, kept_plan = without_severity(_severity_manifest(), plan)
+    assert "d" not in set(manifest["image_id"]) and "d" not in set(kept_plan["image_id"])
+    assert len(manifest) == len(kept_plan) == 5
+    with pytest.raises(ValueError, match="unknown severity"):
+        without_severity(_severity_manifest(), plan, "critical")

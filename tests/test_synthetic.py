@@ -10,17 +10,17 @@ from PIL import Image
 from scipy import ndimage as ndi
 from scipy.stats import chi2_contingency, spearmanr
 
-from cxrlib.manifest import COLUMNS, load_manifest, read_sidecar
+from cxrlib.data.manifest import COLUMNS, load_manifest, read_sidecar
 from cxrlib.profiles import get_profile
-from cxrlib.synthetic import (
+from cxrlib.data.synthetic import (
     COHORTS, PRESETS, cohort_spec, default_cohort, generate_cohort, lung_parts, rale_score,
     render_case, sample_cases, severity_from_rale, shortcut_twin,
 )
-from cxrlib.synthetic.cohort import cell_counts
-from cxrlib.synthetic.anatomy import keep_two_lungs
-from cxrlib.synthetic.disease import split_column
-from cxrlib.synthetic.frame import PixelFrame, upsample2
-from cxrlib.synthetic.presets import ARIAS_SOURCES
+from cxrlib.data.synthetic.cohort import cell_counts
+from cxrlib.data.synthetic.anatomy import keep_two_lungs
+from cxrlib.data.synthetic.disease import split_column
+from cxrlib.data.synthetic.frame import PixelFrame, upsample2
+from cxrlib.data.synthetic.presets import ARIAS_SOURCES
 
 SIZE = 64
 
@@ -363,7 +363,7 @@ def test_cohorts_name_a_preset_and_a_shortcut_knob():
 
 
 def test_open_study_generates_the_cohort_with_its_knob(tmp_path, monkeypatch):
-    import cxrlib.synthetic as synthetic
+    import cxrlib.data.synthetic as synthetic
     from cxrlib.study import open_study
 
     calls = []
@@ -405,8 +405,10 @@ def test_default_cohort_is_cached_and_regenerated_when_stale(tmp_path, monkeypat
 
 def _anatomy(seed: int = 0, size: int = 96, margin_top: float = 0.3, margin_bottom: float = 0.3):
     """One upright PA thorax framed with room above the apices and below the domes."""
-    from cxrlib.synthetic.acquisition import view_frame
-    from cxrlib.synthetic.anatomy import build_thorax, pose_subject, render_anatomy, sample_subject
+    from cxrlib.data.synthetic.acquisition import view_frame
+    from cxrlib.data.synthetic.anatomy import (
+        build_thorax, pose_subject, render_anatomy, sample_subject,
+    )
 
     rng = np.random.default_rng(seed)
     thorax = build_thorax(pose_subject(sample_subject(rng, "F", 50.0), rng, "PA", False))
@@ -415,7 +417,7 @@ def _anatomy(seed: int = 0, size: int = 96, margin_top: float = 0.3, margin_bott
 
 
 def test_neck_and_subphrenic_recess_are_outside_the_lung_mask():
-    from cxrlib.synthetic.anatomy import _lookup
+    from cxrlib.data.synthetic.anatomy import _lookup
 
     thorax, frame, out = _anatomy()
     mask, air = out["mask"], out["air"]
@@ -431,7 +433,7 @@ def test_neck_and_subphrenic_recess_are_outside_the_lung_mask():
 
 
 def test_neck_soft_tissue_varies_between_patients():
-    from cxrlib.synthetic.anatomy import build_thorax, sample_subject
+    from cxrlib.data.synthetic.anatomy import build_thorax, sample_subject
 
     tissue = [sample_subject(np.random.default_rng(s), "M", 40.0).neck_tissue for s in range(40)]
     assert 0.5 <= min(tissue) < 0.75 and 0.95 < max(tissue) <= 1.2
@@ -472,7 +474,7 @@ def test_effusion_is_an_opacity_inside_the_unchanged_lung_outline():
 
 
 def test_covid_consolidation_is_densest_in_the_lower_zones():
-    from cxrlib.synthetic.disease import covid_lesions
+    from cxrlib.data.synthetic.disease import covid_lesions
 
     lung = np.zeros((80, 80), bool)
     lung[8:72, 6:36] = lung[8:72, 44:74] = True

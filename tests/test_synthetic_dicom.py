@@ -1,5 +1,5 @@
 """The synthetic cohort's DICOM share: which images, their tags, the round trip through
-cxrlib.dicom, and the fake identifying tags that must never leave the .dcm files."""
+cxrlib.data.dicom, and the fake identifying tags that must never leave the .dcm files."""
 from __future__ import annotations
 
 import hashlib
@@ -10,12 +10,12 @@ import pandas as pd
 import pydicom
 import pytest
 
-from cxrlib.dicom import read_dicom_header, write_dicom
-from cxrlib.images import image_bit_depth, read_image
-from cxrlib.manifest import load_manifest, read_sidecar
+from cxrlib.data.dicom import read_dicom_header, write_dicom
+from cxrlib.data.images import image_bit_depth, read_image
+from cxrlib.data.manifest import load_manifest, read_sidecar
 from cxrlib.profiles import get_profile
-from cxrlib.synthetic import default_cohort, generate_cohort
-from cxrlib.synthetic.cohort import (
+from cxrlib.data.synthetic import default_cohort, generate_cohort
+from cxrlib.data.synthetic.cohort import (
     DEFAULT_DICOM_SHARE, FAKE_INSTITUTION, dicom_encoding, dicom_plan, fake_identifiers,
 )
 

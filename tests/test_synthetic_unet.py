@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from cxrlib.profiles import get_profile
-from cxrlib.synthetic_unet import (
+from cxrlib.preprocess.synthetic_unet import (
     cache_key, provenance_text, real_pairs, real_sample_dir, score_on_real, synthetic_unet,
     weights_path,
 )

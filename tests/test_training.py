@@ -5,7 +5,7 @@ import torch
 from torch.nn import functional as F
 
 from cxrlib.models.classifiers import IMAGENET_MEAN, IMAGENET_STD, build_classifier
-from cxrlib.training import (
+from cxrlib.train.training import (
     RECIPES, Augmentation, ClassifierDataset, TrainingRecipe, balanced_class_weights, get_recipe,
     predict, prepare_images, train_classifier,
 )
@@ -169,7 +169,7 @@ def test_precise_batchnorm_uses_the_statistics_of_the_final_weights():
 def test_precise_batchnorm_averages_batch_statistics_and_keeps_frozen_layers():
     import torch
 
-    from cxrlib.training import precise_batchnorm
+    from cxrlib.models.batchnorm import precise_batchnorm
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.BatchNorm2d(2), torch.nn.BatchNorm2d(2)).eval()

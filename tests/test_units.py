@@ -1,5 +1,6 @@
-"""Units of work (cxrlib.units) and executors (cxrlib.executors): settings hashes, shards, the one
-writer's merge, refusals of other settings, and the same tables from every executor."""
+"""Units of work (cxrlib.train.units) and executors (cxrlib.train.executors): settings hashes,
+shards, the one writer's merge, refusals of other settings, and the same tables from every
+executor."""
 import json
 import subprocess
 import sys
@@ -9,13 +10,13 @@ import nbformat
 import pandas as pd
 import pytest
 
-from cxrlib import crossval, units
-from cxrlib.crossval import crossval_specs, run_crossval
-from cxrlib.executors import LocalExecutor, UnitFailed, executor_settings, get_executor
-from cxrlib.predictions import RUN_KEY, read_predictions
-from cxrlib.splits import make_split_plan
-from cxrlib.training import RECIPES
-from cxrlib.units import (
+from cxrlib.train import crossval, units
+from cxrlib.train.crossval import crossval_specs, run_crossval
+from cxrlib.train.executors import LocalExecutor, UnitFailed, executor_settings, get_executor
+from cxrlib.train.predictions import RUN_KEY, read_predictions
+from cxrlib.data.splits import make_split_plan
+from cxrlib.train.training import RECIPES
+from cxrlib.train.units import (
     HASH_COLUMN, UnitSettingsConflict, merge_shards, merged_shards, pending_shards,
 )
 from test_crossval import TINY, write_tiny_pngs
@@ -96,7 +97,7 @@ def test_settings_hash_changes_with_the_result_changing_settings_only(cohort, tm
 _DRIVER = textwrap.dedent("""
     import sys, pandas as pd, torch
     torch.set_num_threads(1)
-    from cxrlib.crossval import run_crossval
+    from cxrlib.train.crossval import run_crossval
     folder, folds = sys.argv[1], [int(f) for f in sys.argv[2].split(",")]
     views = pd.read_csv(folder + "/views.csv", dtype={"image_id": str})
     manifest = pd.read_csv(folder + "/manifest.csv", dtype={"image_id": str})
@@ -278,7 +279,7 @@ def test_executor_names_and_defaults(monkeypatch):
 
 
 def test_the_runner_passes_the_executor_to_the_notebooks_and_run_json(tmp_path, tiny_cohort):
-    from cxrlib.manifest import write_manifest
+    from cxrlib.data.manifest import write_manifest
     from cxrlib.runner import run_study
 
     df, root = tiny_cohort
@@ -291,7 +292,7 @@ def test_the_runner_passes_the_executor_to_the_notebooks_and_run_json(tmp_path, 
                                        'run_dir = ""\nseed = 0\ninteractive = False')
     params.metadata["tags"] = ["parameters"]
     nb.cells = [params, nbformat.v4.new_code_cell(
-        "from cxrlib.executors import get_executor\n"
+        "from cxrlib.train.executors import get_executor\n"
         "print('executor:', get_executor().describe())")]
     nbformat.write(nb, nbs / "00_exec.ipynb")
     out = tmp_path / "run"
@@ -317,7 +318,7 @@ def test_the_runner_passes_the_executor_to_the_notebooks_and_run_json(tmp_path, 
 
 
 def test_cit_folds_inline_and_local_alike_and_other_settings_refused(tmp_path, local2):
-    from cxrlib import cit
+    from cxrlib.train import cit
     from conftest import write_tiny_cohort
 
     df = write_tiny_cohort(tmp_path, n_patients=24, size=32)
@@ -340,7 +341,8 @@ def test_cit_folds_inline_and_local_alike_and_other_settings_refused(tmp_path, l
     drop = ["cit_seconds", "sdnet_seconds", "finished"]
     pd.testing.assert_frame_equal(runs["inline"].drop(columns=drop),
                                   runs["local"].drop(columns=drop))
-    assert runs["local"]["fold"].tolist() == [0, 1] and len(runs["local"].attrs["history"]) == 4
+    assert runs["local"]["fold"].tolist() == [0, 1]
+    assert len(cit.read_cit_history(tmp_path / "local")) == 4
     artifacts = tmp_path / "inline"
     with pytest.raises(UnitSettingsConflict, match=r"recipe\.lam: 0\.05 in the folder, 0\.1 now"):
         cit.run_cit_crossval(views, df, plan, artifacts, setup, image_size=32, lam=0.1, folds=[0])
@@ -416,7 +418,7 @@ class _FakeCluster:
 
 
 def _slurm(monkeypatch, cluster, **kwargs):
-    from cxrlib.executors import SlurmExecutor
+    from cxrlib.train.executors import SlurmExecutor
 
     executor = SlurmExecutor(poll_s=0, **kwargs)
     monkeypatch.setattr(executor, "_submitit", lambda folder: cluster.executor(executor))
@@ -425,7 +427,7 @@ def _slurm(monkeypatch, cluster, **kwargs):
 
 
 def test_slurm_executor_retries_lost_jobs_and_reattaches(cohort, tmp_path, monkeypatch):
-    from cxrlib.executors import SLURM_JOBS_FILE, UnitLost, UnitsSubmitted
+    from cxrlib.train.executors import SLURM_JOBS_FILE, UnitLost, UnitsSubmitted
 
     _, manifest, views, plan = cohort
     kwargs = dict(TINY, folds=[0, 1], seed=2)
@@ -468,7 +470,7 @@ def test_slurm_executor_retries_lost_jobs_and_reattaches(cohort, tmp_path, monke
 
 
 def test_slurm_executor_fails_with_the_units_traceback(cohort, tmp_path, monkeypatch):
-    from cxrlib.executors import SLURM_JOBS_FILE
+    from cxrlib.train.executors import SLURM_JOBS_FILE
 
     _, manifest, views, plan = cohort
     cluster = _FakeCluster()
@@ -480,8 +482,12 @@ def test_slurm_executor_fails_with_the_units_traceback(cohort, tmp_path, monkeyp
     assert json.loads((tmp_path / "shards" / "slurm" / SLURM_JOBS_FILE).read_text()) == {}
 
 
-def test_slurm_settings_file(tmp_path):
-    from cxrlib.executors import SlurmExecutor, read_slurm_config
+def test_slurm_settings_file(tmp_path, monkeypatch):
+    import shutil
+
+    import submitit
+
+    from cxrlib.train.executors import SlurmExecutor, read_slurm_config
 
     path = tmp_path / "slurm.yaml"
     path.write_text("partition: gpu\ntime_min: 240\ngpus_per_task: 1\ncpus_per_task: 8\n"
@@ -490,6 +496,13 @@ def test_slurm_settings_file(tmp_path):
     cfg = read_slurm_config(path)
     assert cfg["partition"] == "gpu" and cfg["sbatch"] == {"account": "proj"}
     assert cfg["setup"] == ["module load cuda"] and cfg["retries"] == 2
+    # without SLURM on the PATH: a clear error, before submitit's own
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="needs SLURM's srun and sbatch on the PATH"):
+        SlurmExecutor(path)._submitit(tmp_path / "jobs" / "%A")
+    # as on a cluster's login node (submitit checks srun's CPU affinity): the YAML's settings
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(submitit.SlurmExecutor, "affinity", staticmethod(lambda: 1))
     submitter = SlurmExecutor(path)._submitit(tmp_path / "jobs" / "%A")
     params = submitter.parameters
     assert params["partition"] == "gpu" and params["time"] == 240 and params["gpus_per_task"] == 1
@@ -504,7 +517,7 @@ def test_slurm_settings_file(tmp_path):
 
 
 def test_a_no_wait_submission_stops_the_cohort_without_failing_it(tmp_path, tiny_cohort):
-    from cxrlib.manifest import write_manifest
+    from cxrlib.data.manifest import write_manifest
     from cxrlib.runner import run_study
 
     df, root = tiny_cohort
@@ -517,7 +530,7 @@ def test_a_no_wait_submission_stops_the_cohort_without_failing_it(tmp_path, tiny
     params.metadata["tags"] = ["parameters"]
     for name, source in (
             ("00_submit.ipynb",
-             "import pathlib\nfrom cxrlib.executors import UnitsSubmitted\n"
+             "import pathlib\nfrom cxrlib.train.executors import UnitsSubmitted\n"
              "(pathlib.Path(run_dir) / 'tables').mkdir(parents=True, exist_ok=True)\n"
              "(pathlib.Path(run_dir) / 'tables' / 'kept.csv').write_text('a\\n1\\n')\n"
              "raise UnitsSubmitted(2, 0, pathlib.Path('jobs.json'))"),

@@ -12,9 +12,9 @@ from PIL import Image
 from scipy import ndimage
 from skimage import exposure
 
-from cxrlib.images import read_image, read_mask
-from cxrlib.manifest import validate_manifest
-from cxrlib.views import (
+from cxrlib.data.images import read_image, read_mask
+from cxrlib.data.manifest import validate_manifest
+from cxrlib.preprocess.views import (
     BOX_COLUMNS, build_views, crop_to_box, equalize, exp1_view, exp2_view, exp3_view, lung_extent,
     make_view, mask_file_name, rect_roi_box, sdnet_box, sdnet_view, square_roi_box, view_box,
 )
@@ -200,33 +200,35 @@ def tiny_manifest(tmp_path):
 def test_build_views_writes_every_view_then_reads_the_cache(tiny_manifest, tmp_path):
     manifest, masks = tiny_manifest
     cache = tmp_path / "views"
-    first = build_views(manifest, masks, size=16, cache_dir=cache, progress=False)
+    built = build_views(manifest, masks, size=16, cache_dir=cache, progress=False)
+    first = built.table
     assert list(first.columns) == ["image_id", "view", "path", "cached", *BOX_COLUMNS]
-    assert len(first) == 3 * 4 and first.attrs["n_computed"] == 12 and not first["cached"].any()
+    assert len(first) == 3 * 4 and built.n_computed == 12 and not first["cached"].any()
     for path in first["path"]:
         assert read_image(path).shape == (16, 16)
     mtimes = {p: os.stat(p).st_mtime_ns for p in first["path"]}
 
-    second = build_views(manifest, masks, size=16, cache_dir=cache, progress=False)
-    assert second.attrs["n_computed"] == 0 and second["cached"].all()
+    built = build_views(manifest, masks, size=16, cache_dir=cache, progress=False)
+    second = built.table
+    assert built.n_computed == 0 and built.n_cached == 12 and second["cached"].all()
     assert list(second["path"]) == list(first["path"])
     assert {p: os.stat(p).st_mtime_ns for p in second["path"]} == mtimes
 
     # other parameters or other pixels: new files
     public = build_views(manifest, masks, size=16, cache_dir=cache, variant="public_code",
                          progress=False)
-    assert public.attrs["n_computed"] == 6       # exp1 and sdnet are the same in both variants
-    assert set(public["view"]) == {"exp1", "exp2_public_code", "exp3_public_code", "sdnet"}
+    assert public.n_computed == 6       # exp1 and sdnet are the same in both variants
+    assert set(public.table["view"]) == {"exp1", "exp2_public_code", "exp3_public_code", "sdnet"}
     Image.fromarray((textured((40, 60), seed=9) * 255).astype(np.uint8)).save(
         manifest.attrs["data_root"] + "/images/im0.png")
     third = build_views(manifest, masks, size=16, cache_dir=cache, progress=False)
-    assert third.attrs["n_computed"] == 4 and third.attrs["n_cached"] == 8
+    assert third.n_computed == 4 and third.n_cached == 8
 
 
 def test_build_views_keeps_the_box_each_view_shows(tiny_manifest, tmp_path):
     manifest, masks = tiny_manifest
     cache = tmp_path / "views"
-    first = build_views(manifest, masks, size=16, cache_dir=cache, progress=False)
+    first = build_views(manifest, masks, size=16, cache_dir=cache, progress=False).table
     root = Path(manifest.attrs["data_root"])
     for rec in first.itertuples(index=False):
         row = manifest.set_index("image_id").loc[rec.image_id]
@@ -237,8 +239,9 @@ def test_build_views_keeps_the_box_each_view_shows(tiny_manifest, tmp_path):
     # from the cache, the same boxes; a cache made before the boxes were kept gets them back
     for box_file in cache.rglob("*.box.json"):
         box_file.unlink()
-    again = build_views(manifest, masks, size=16, cache_dir=cache, progress=False)
-    assert again["cached"].all() and again.attrs["n_computed"] == 0
+    built = build_views(manifest, masks, size=16, cache_dir=cache, progress=False)
+    again = built.table
+    assert again["cached"].all() and built.n_computed == 0
     pd.testing.assert_frame_equal(again.drop(columns="cached"), first.drop(columns="cached"))
     assert len(list(cache.rglob("*.box.json"))) == len(first)
 
@@ -250,12 +253,12 @@ def test_build_views_names_the_image_whose_mask_is_missing(tiny_manifest, tmp_pa
         build_views(manifest, masks, size=16, cache_dir=tmp_path / "v", progress=False)
     only_exp1 = build_views(manifest, masks, views=["exp1"], size=16, cache_dir=tmp_path / "v",
                             progress=False)
-    assert len(only_exp1) == 3
+    assert len(only_exp1.table) == 3
     with pytest.warns(UserWarning, match="skipped"):
         out = build_views(manifest, masks, size=16, cache_dir=tmp_path / "v",
                           on_bad_mask="skip", progress=False)
-    assert len(out) == 3 * 4 - 3
-    assert {(i, v) for i, v, _ in out.attrs["skipped"]} == {("im1", v) for v in
+    assert len(out.table) == 3 * 4 - 3
+    assert {(i, v) for i, v, _ in out.skipped} == {("im1", v) for v in
                                                              ("exp2", "exp3", "sdnet")}
 
 
@@ -275,7 +278,7 @@ def test_equalize_gives_exactly_skimages_values_on_8_bit_and_float_images():
 
 
 def test_dilate_mask_square_and_disk_by_hand():
-    from cxrlib.views import dilate_mask
+    from cxrlib.preprocess.views import dilate_mask
 
     mask = np.zeros((5, 5), bool)
     mask[2, 2] = True

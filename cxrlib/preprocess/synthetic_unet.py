@@ -1,0 +1,252 @@
+"""The lung U-Net for corpora without lung masks: trained on the embedded synthetic cohort, cached.
+
+Most real corpora ship no lung masks. Notebook 01 then segments them with a U-Net trained on the
+``arias`` synthetic cohort of the run's profile (its masks are ground truth by construction),
+trained once and cached under ``data_dir()/cache/unet/``, keyed by the profile's segmentation
+fields, the seed and the generator version, and reused by every later run with the same key::
+
+    net = synthetic_unet(profile, seed=0)
+    net.model, net.size            # the U-Net and the input side it was trained at
+    net.provenance                 # what it was trained on, held-out synthetic Dice,
+                                   # real-sample Dice
+
+Its provenance says how far to trust it: the held-out synthetic Dice (patients it never saw) and,
+when the folder of real radiographs with radiologist masks is present (``$CXR_REAL_SAMPLE``, else
+``../shared/real_sample`` beside the repository), its Dice on those real images.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from cxrlib.data.images import read_image, read_mask
+from cxrlib.models.unet import UNet
+from cxrlib.paths import REPO_ROOT, data_dir
+from cxrlib.profiles import Profile, get_profile
+
+#: The profile fields that change the synthetic U-Net (its training cohort and its training).
+UNET_FIELDS = ("n_arias", "synth_size", "seg_size", "seg_epochs", "seg_batch_size", "seg_lr",
+               "seg_domain_randomisation",
+               "seg_batch_norm", "seg_min_steps", "width")
+#: The synthetic cohort it is trained on (preset, shortcut knob).
+TRAINING_COHORT = ("arias", 1.0)
+
+
+@dataclass(frozen=True)
+class SyntheticUnet:
+    """A U-Net trained on the synthetic cohort.
+
+    Attributes
+    ----------
+    model : the U-Net (CPU, eval mode).
+    size : its input side in pixels.
+    weights_path : the cached weights file (its training parameters in the ``.json`` beside it).
+    provenance : training cohort, images, held-out synthetic Dice and IoU, real-sample Dice (or
+        None when the folder is absent), the cache key and whether this call trained it.
+    """
+
+    model: UNet
+    size: int
+    weights_path: Path
+    provenance: dict
+
+
+def real_sample_dir() -> Path | None:
+    """The folder of real radiographs with lung masks (``images/``, ``masks/``), or None.
+
+    ``$CXR_REAL_SAMPLE`` when set (an empty value switches it off), else ``../shared/real_sample``
+    beside the repository when that exists.
+    """
+    env = os.environ.get("CXR_REAL_SAMPLE")
+    folder = Path(env) if env else REPO_ROOT.parent / "shared" / "real_sample"
+    if env == "" or not (folder / "images").is_dir() or not (folder / "masks").is_dir():
+        return None
+    return folder
+
+
+def real_pairs(folder: str | Path) -> list[tuple[str, Path, Path]]:
+    """(stem, image, mask) of every ``folder/images/*.png`` with a mask of the same name in
+    ``folder/masks``. Raises FileNotFoundError when there is no image or an image has no mask."""
+    folder = Path(folder)
+    images = sorted((folder / "images").glob("*.png"))
+    if not images:
+        raise FileNotFoundError(f"no PNG images in {folder / 'images'}")
+    pairs = [(p.stem, p, folder / "masks" / p.name) for p in images]
+    missing = [str(m) for _, _, m in pairs if not m.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} image(s) have no mask, e.g. {missing[0]}")
+    return pairs
+
+
+def score_on_real(model: UNet, size: int, folder: str | Path) -> pd.DataFrame:
+    """Segment each real image of ``folder`` (:func:`real_pairs`) and score it against its
+    radiologist mask, at the mask's resolution.
+
+    Returns one row per image: ``image`` (stem), ``height``, ``width``, ``true_fraction``,
+    ``pred_fraction`` (lung share of the image), ``qc_pass``, ``qc_reason``, ``dice``, ``iou``.
+    """
+    from cxrlib.preprocess.segmentation import dice_score, iou_score, lung_qc, segment_images
+
+    rows = []
+    for stem, image_path, mask_path in real_pairs(folder):
+        image, truth = read_image(image_path), read_mask(mask_path)
+        if image.shape != truth.shape:
+            raise ValueError(f"{stem}: image {image.shape} and mask {truth.shape} differ in shape")
+        pred = segment_images(model, [image], size)[0]
+        qc = lung_qc(pred)
+        rows.append({"image": stem, "height": image.shape[0], "width": image.shape[1],
+                     "true_fraction": float(truth.mean()), "pred_fraction": float(pred.mean()),
+                     "qc_pass": qc["qc_pass"], "qc_reason": qc["qc_reason"],
+                     "dice": dice_score(pred, truth), "iou": iou_score(pred, truth)})
+    return pd.DataFrame(rows)
+
+
+def cache_key(profile: str | Profile, seed: int = 0) -> str:
+    """A short hash of what the synthetic U-Net depends on: the profile's :data:`UNET_FIELDS`,
+    the seed, the training cohort and the generator version, and the profile's GPU settings that
+    change a training (:meth:`cxrlib.gpu.DeviceSettings.hashed`: mixed precision, loader
+    workers), when they are on."""
+    from cxrlib.gpu import DeviceSettings
+    from cxrlib.data.synthetic.cohort import GENERATOR_VERSION
+
+    prof = get_profile(profile)
+    what = {"fields": {f: getattr(prof, f) for f in UNET_FIELDS}, "seed": int(seed),
+            "cohort": TRAINING_COHORT, "generator_version": GENERATOR_VERSION}
+    gpu = {k: v for k, v in DeviceSettings.from_profile(prof).hashed().items()
+           if k != "device_augmentation"}  # the classifiers' augmentation, not the U-Net's
+    if gpu:  # only when on: the CPU profiles' keys stay as they were
+        what["gpu"] = gpu
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def weights_path(profile: str | Profile, seed: int = 0) -> Path:
+    """Where the synthetic U-Net of this profile and seed is cached."""
+    prof = get_profile(profile)
+    return (data_dir() / "cache" / "unet"
+            / f"synthetic-{prof.name}-s{seed}-{cache_key(prof, seed)}.pt")
+
+
+def _held_out_scores(model: UNet, manifest: pd.DataFrame, split: pd.DataFrame, size: int
+                     ) -> pd.DataFrame:
+    from cxrlib.preprocess.segmentation import score_masks, segment_manifest
+
+    test = manifest[manifest["image_id"].isin(split.loc[split["subset"] == "test", "image_id"])]
+    with tempfile.TemporaryDirectory() as tmp:
+        segment_manifest(model, test, tmp, size=size, progress=False)
+        return score_masks(test, tmp, progress=False)
+
+
+_PROVENANCE = ("n_train", "n_valid", "n_held_out", "epochs", "size", "width", "train_seconds",
+               "domain_randomisation", "held_out_dice", "held_out_dice_sd", "held_out_iou")
+_REAL = ("real_sample_dir", "real_sample_n", "real_sample_dice", "real_sample_dice_sd",
+         "real_sample_qc_pass", "real_sample_dice_adapted", "real_sample_dice_adapted_sd")
+
+
+def synthetic_unet(profile: str | Profile = "default", seed: int = 0, progress: bool = False,
+                   log=print) -> SyntheticUnet:
+    """The U-Net trained on the ``arias`` synthetic cohort of ``profile``, from the cache or
+    trained now (the cohort is generated first if it is not cached either).
+
+    Training follows the profile's segmentation fields exactly as notebook 01 trains on a synthetic
+    cohort (:func:`cxrlib.preprocess.segmentation.train_unet_on_manifest`, patients split
+    70/10/20); the held-out 20% gives the synthetic Dice. The real-sample Dice is computed when the
+    folder of :func:`real_sample_dir` is present and not yet scored for these weights.
+    """
+    from cxrlib.gpu import DeviceSettings
+    from cxrlib.data.manifest import load_manifest
+    from cxrlib.preprocess.segmentation import load_unet, read_unet_params, train_unet_on_manifest
+    from cxrlib.preprocess.segmentation_adaptation import adapt_unet, adaptation_settings
+    from cxrlib.data.synthetic import default_cohort
+
+    prof = get_profile(profile)
+    path = weights_path(prof, seed)
+    trained_now = False
+    if path.is_file() and "held_out_dice" in read_unet_params(path):
+        model = load_unet(path)
+    else:
+        preset, knob = TRAINING_COHORT
+        log(f"Training the lung U-Net on the synthetic '{preset}' cohort ({prof.name} profile, "
+            f"seed {seed}); it is cached as `{path.name}` in the data folder's `cache/unet/` "
+            "for later runs.")
+        manifest = load_manifest(default_cohort(preset, prof, seed=seed, shortcut=knob,
+                                                progress=progress))
+        fit = train_unet_on_manifest(manifest, path, profile=prof, seed=seed, progress=progress)
+        model = fit.model
+        scores = _held_out_scores(model, manifest, fit.split, fit.params["size"])
+        extra = {"trained_on": f"synthetic cohort '{preset}' (shortcut {knob:g}), "
+                               f"{len(manifest)} images of {prof.synth_size} px",
+                 "cache_key": cache_key(prof, seed), "n_held_out": int(len(scores)),
+                 "held_out_dice": float(scores["dice"].mean()),
+                 "held_out_dice_sd": float(scores["dice"].std()),
+                 "held_out_iou": float(scores["iou"].mean())}
+        _update_params(path, extra)
+        trained_now = True
+    params = read_unet_params(path)
+    size = int(params["size"])
+    sample = real_sample_dir()
+    if sample is not None and (params.get("real_sample_dir") != str(sample)
+                               or "real_sample_dice_adapted" not in params):
+        real = score_on_real(model, size, sample)
+        adapted = adapt_unet(model, [read_image(p) for _, p, _ in real_pairs(sample)], size,
+                             **adaptation_settings(prof), seed=seed,
+                             gpu=DeviceSettings.from_profile(prof)).model
+        real_adapted = score_on_real(adapted, size, sample)
+        params = _update_params(path, {
+            "real_sample_dir": str(sample), "real_sample_n": int(len(real)),
+            "real_sample_dice": float(real["dice"].mean()),
+            "real_sample_dice_sd": float(real["dice"].std()),
+            "real_sample_qc_pass": int(real["qc_pass"].sum()),
+            "real_sample_dice_adapted": float(real_adapted["dice"].mean()),
+            "real_sample_dice_adapted_sd": float(real_adapted["dice"].std())})
+    provenance = {k: params.get(k) for k in ("trained_on", "cache_key") + _PROVENANCE + _REAL}
+    if sample is None:
+        provenance.update(dict.fromkeys(_REAL))
+    provenance["trained_now"] = trained_now
+    return SyntheticUnet(model=model, size=size, weights_path=path, provenance=provenance)
+
+
+def _update_params(weights: Path, extra: dict) -> dict:
+    """Add ``extra`` to the parameters JSON beside ``weights`` (atomically); return them all."""
+    from cxrlib.preprocess.segmentation import read_unet_params
+
+    params = {**read_unet_params(weights), **extra}
+    target = weights.with_suffix(".json")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(params, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, target)
+    return params
+
+
+def provenance_text(provenance: dict) -> str:
+    """One paragraph, in Markdown, that says what the synthetic U-Net is and how well it does."""
+    p = provenance
+    text = (f"No image of this corpus has a lung mask, so the lungs are segmented by a U-Net "
+            f"trained on the embedded {p['trained_on']} ({p['n_train']} training images, "
+            f"{p['epochs']} epoch(s) at {p['size']} px; "
+            f"{'trained in this run' if p['trained_now'] else 'read from the cache'}, key "
+            f"`{p['cache_key']}`). On {p['n_held_out']} held-out synthetic patients it reaches "
+            f"Dice {p['held_out_dice']:.3f} ± {p['held_out_dice_sd']:.3f}. ")
+    if p.get("real_sample_dice") is not None:
+        text += (f"On {p['real_sample_n']} real radiographs with radiologist masks "
+                 f"(`{Path(p['real_sample_dir']).name}`) it reaches Dice "
+                 f"{p['real_sample_dice']:.3f} ± {p['real_sample_dice_sd']:.3f} "
+                 f"({p['real_sample_qc_pass']} of {p['real_sample_n']} pass the QC), and "
+                 f"{p['real_sample_dice_adapted']:.3f} ± {p['real_sample_dice_adapted_sd']:.3f} "
+                 "once adapted to those images as it is adapted to a corpus below. ")
+    else:
+        text += ("No folder of real radiographs with masks was found (`$CXR_REAL_SAMPLE`), so its "
+                 "accuracy on real images is not measured here. ")
+    text += ("Synthetic training says how well the pipeline works on its own kind of image, not on "
+             "this corpus: check the masks below, and pass `unet_weights` (a weights file from a "
+             "run on a corpus with lung masks) when you have a better model.")
+    return text
+
+
+__all__ = ["SyntheticUnet", "synthetic_unet", "real_sample_dir", "real_pairs", "score_on_real",
+           "cache_key", "weights_path", "provenance_text", "UNET_FIELDS", "TRAINING_COHORT"]
