@@ -1,6 +1,7 @@
 """The slurm executor (cxrlib.train.executors.SlurmExecutor) against the real one-node SLURM
 cluster of tools/slurm_local.sh: the same predictions table as inline, --no-wait then a run that
-reattaches without submitting twice, and a lost (cancelled) job submitted again.
+reattaches without submitting twice, a lost (cancelled) job submitted again, and notebook 03's
+smoke grid run on SLURM with one fold job requeued and another killed while it runs.
 
 Marked ``slurm`` like tests/test_slurm.py (``pytest -m slurm``); skipped, with the reason, where
 the cluster cannot start (CXR_REQUIRE_SLURM=1 makes that a failure).
@@ -110,19 +111,19 @@ def _squeue_running() -> list[str]:
 
 
 def _disturb(log: list, stop: threading.Event):
-    """Requeue the first fold job seen running and cancel the next one (another job id); log
-    what was done as ``(action, job id)``."""
+    """Requeue the first fold job seen running and cancel the next one (another job id), each
+    as soon as squeue shows it running: the job is then still importing torch, far from writing
+    its shard (a smoke fold trains in seconds). Logs what was done as ``(action, job id)``."""
     deadline = time.monotonic() + 600
     while not stop.is_set() and time.monotonic() < deadline and len(log) < 2:
         running = [j for j in _squeue_running() if j not in {job for _, job in log}]
         if running:
-            time.sleep(3)  # inside the unit's training, not at its start
             action = "requeue" if not log else "scancel"
             command = ["scontrol", "requeue", running[0]] if action == "requeue" else \
                 ["scancel", running[0]]
             if subprocess.run(command, capture_output=True, timeout=60).returncode == 0:
                 log.append((action, running[0]))
-        time.sleep(0.5)
+        time.sleep(0.2)
 
 
 def test_notebook_03_smoke_grid_on_slurm_survives_a_requeue_and_a_kill(slurm_cluster, tmp_path):
