@@ -5,9 +5,13 @@ synthetic cohorts) -> ``preprocess`` (lung segmentation, views) -> ``models`` an
 (fold trainings, the predictions table) -> ``analysis`` (metrics, bias, shortcuts, embeddings,
 Grad-CAM) -> ``report`` (tables beside the papers, landing page, checklists). At the top:
 ``profiles`` (every setting that changes with scale), ``study`` / ``run_folder`` / ``runner``
-(one run folder per run) and ``artifacts`` (the files notebooks hand each other). A module
-imports only from its own stage and the stages before it, and importing ``cxrlib`` itself loads
-nothing heavy. Which notebook stands on which modules:
+(one run folder per run), ``artifacts`` (the files notebooks hand each other), ``gpu`` (how
+trainings use a CUDA device) and ``paper_tables`` (the papers' published numbers). A stage
+imports only from the stages before it (``models`` comes first) and from ``profiles``, ``paths``,
+``gpu``, ``paper_tables``, ``run_folder`` and ``flow``; importing ``cxrlib`` itself loads nothing
+heavy. The three largest stages are subpackages of one concern per module:
+``preprocess.segmentation``, ``train.cit`` and ``analysis.explain``. Which notebook stands on
+which modules:
 
 ======================== ===================================================================
 notebook                 modules
@@ -23,7 +27,7 @@ notebook                 modules
                          ``analysis.metrics``, ``train.predictions``
 03_classifier_cv         ``train.crossval`` (``train.training``, ``models.classifiers``,
                          ``models.covidnet``), ``train.units`` and ``train.executors`` (fold
-                         trainings inline, in local processes or on SLURM), ``train.gpu``
+                         trainings inline, in local processes or on SLURM), ``gpu``
                          (mixed precision, loader workers... on a CUDA device),
                          ``report.cv_report``, ``analysis.metrics``, ``train.predictions``
 04_bias_analysis         ``analysis.bias``, ``analysis.shortcuts``, ``train.crossval``
@@ -36,7 +40,6 @@ every notebook           ``study`` (``profiles``, ``run_folder``, ``paths``), ``
                          ``report.compare`` compares two runs
 ======================== ===================================================================
 
-``data.synthetic`` draws the embedded cohorts; ``report.paper_tables`` holds the papers'
-published numbers.
+``data.synthetic`` draws the embedded cohorts.
 """
 __version__ = "0.1.0"
