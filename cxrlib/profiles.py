@@ -42,8 +42,7 @@ class Profile:
         re-estimation only).
     seg_adapt_max_images : most corpus images the adaptation uses (a random sample of them).
     seg_adapt_min_plausibility : lowest plausibility score
-    (:mod:`cxrlib.preprocess.lung_plausibility`)
-        of a pseudo-mask kept for self-training.
+        (:mod:`cxrlib.preprocess.lung_plausibility`) of a pseudo-mask kept for self-training.
     seg_min_steps : fewest U-Net optimiser steps; the epochs are raised on a small cohort to reach
         it (``smoke``: a 64-image cohort gets 2 epochs, too few steps otherwise to find the lungs).
     epochs : classifier training epochs per fold.

@@ -497,11 +497,10 @@ def run_study(
     fresh : first move the run folder's content aside (to ``<out_dir>.replaced-<date-time>``,
         :func:`cxrlib.run_folder.set_aside_folder`); nothing is deleted.
     executor, workers, threads : where the notebooks train their folds
-    (:mod:`cxrlib.train.executors`:
-        ``auto`` | ``inline`` | ``local`` | ``slurm``; None: ``CXR_EXECUTOR``, else ``auto``),
-        the local executor's worker processes and torch threads per worker; passed to the
-        notebooks' kernels as ``CXR_EXECUTOR``, ``CXR_WORKERS``, ``CXR_THREADS`` and recorded in
-        ``run.json``.
+        (:mod:`cxrlib.train.executors`: ``auto`` | ``inline`` | ``local`` | ``slurm``; None:
+        ``CXR_EXECUTOR``, else ``auto``), the local executor's worker processes and torch threads
+        per worker; passed to the notebooks' kernels as ``CXR_EXECUTOR``, ``CXR_WORKERS``,
+        ``CXR_THREADS`` and recorded in ``run.json``.
     slurm_config, no_wait : the SLURM executor's settings file (YAML,
         :func:`cxrlib.train.executors.read_slurm_config`) and whether to submit the jobs and stop: a
         notebook that submitted is ``submitted`` (its outputs are kept, the cohort's later

@@ -115,7 +115,7 @@ def adapt_unet(model: UNet, images: list[np.ndarray], size: int, epochs: int = 3
         reported.
     batch_size, lr : self-training batch and peak learning rate (one-cycle schedule).
     domain_randomisation : changes drawn on the targets
-    (:mod:`cxrlib.preprocess.domain_randomisation`).
+        (:mod:`cxrlib.preprocess.domain_randomisation`).
     seed : sampling, shuffling and augmentation.
     progress : fastai's progress bars.
     gpu : how the self-training uses a CUDA device (:class:`cxrlib.gpu.DeviceSettings`; None:

@@ -488,8 +488,7 @@ class ClassifierSetup:
     folds : fold numbers of the split plan to train (the first ``profile.cls_folds``).
     width : channel multiplier of the width-scalable networks.
     overrides : ``epochs`` / ``batch_size`` for :func:`cxrlib.train.crossval.run_crossval` (empty
-    with
-        ``profile.paper_schedules``, where every recipe keeps its paper's values).
+        with ``profile.paper_schedules``, where every recipe keeps its paper's values).
     gpu : how the trainings use a CUDA device (:class:`cxrlib.gpu.DeviceSettings` of the
         profile; ``run_crossval(..., gpu=setup.gpu)``); default all off.
     """

@@ -45,7 +45,7 @@ def energy_share(cam: np.ndarray, mask: np.ndarray, dilation: int = 0) -> float:
     cam : float (H, W), non-negative.
     mask : bool (H, W), same shape.
     dilation : grow the mask by this many pixels first
-    (:func:`cxrlib.preprocess.views.dilate_mask`, square).
+        (:func:`cxrlib.preprocess.views.dilate_mask`, square).
 
     Returns
     -------

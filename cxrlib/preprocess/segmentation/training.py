@@ -73,8 +73,7 @@ def train_unet(
     augment : random rotation, shift and zoom (:data:`AUGMENTATION`) of image and mask together.
     batch_norm : see :class:`UNet`.
     domain_randomisation : names of :data:`cxrlib.preprocess.domain_randomisation.CHANGES` drawn on
-    each
-        training image before the affine augmentation (each with probability 0.5).
+        each training image before the affine augmentation (each with probability 0.5).
     seed : seeds Python, NumPy and torch (weights, shuffling, augmentation).
     device : default CUDA when available, else CPU.
     progress : show fastai's progress bars and epoch table.
