@@ -17,6 +17,10 @@ masks at the mask's resolution), mean ± sd of each, and, as the last line, the 
 default pipeline (synthetic training + adaptation). The papers' U-Net reaches 0.985 (JSRT) and
 0.972 (Montgomery) when trained on real masks of the same sets.
 
+``--real DIR --seeds 0,1,2``: the same for one U-Net per seed (each trained and cached like the
+default one), then the mean ± sd over the trainings: a generator or training change should beat
+this spread, not one training's number.
+
 ``--real DIR --ablation``: the effect of each domain randomisation change
 (:mod:`cxrlib.preprocess.domain_randomisation`) on the real-sample Dice (before adaptation): one
 U-Net trained with the profile's changes (``seg_domain_randomisation``), one with none, one without
@@ -30,6 +34,7 @@ without and with adaptation to the corpus.
 
     python benchmarks/sim2real_segmentation.py --real ../shared/real_sample
     python benchmarks/sim2real_segmentation.py --real DIR --weights reports/.../unet_lung.pt
+    python benchmarks/sim2real_segmentation.py --real DIR --seeds 0,1,2
     python benchmarks/sim2real_segmentation.py --real DIR --ablation --n-images 400 --epochs 3
     python benchmarks/sim2real_segmentation.py --corpus data_manifests/my_corpus.csv
 """
@@ -57,12 +62,14 @@ from cxrlib.preprocess.segmentation_adaptation import (
 from cxrlib.preprocess.synthetic_unet import real_pairs, score_on_real, synthetic_unet
 
 
-def _model(args):
-    """(model, size, description) of ``--weights`` or of the profile's synthetic U-Net."""
+def _model(args, seed: int | None = None):
+    """(model, size, description) of ``--weights`` or of the profile's synthetic U-Net trained
+    with ``seed`` (default ``--seed``)."""
     if args.weights:
         return (load_unet(args.weights), int(read_unet_params(args.weights)["size"]),
                 str(args.weights))
-    net = synthetic_unet(args.profile, seed=args.seed, progress=not args.quiet)
+    seed = args.seed if seed is None else seed
+    net = synthetic_unet(args.profile, seed=seed, progress=not args.quiet)
     p = net.provenance
     return net.model, net.size, (f"synthetic U-Net {net.weights_path.name} (held-out synthetic "
                                  f"Dice {p['held_out_dice']:.3f})")
@@ -72,15 +79,17 @@ def _mean_sd(values: pd.Series) -> str:
     return f"{values.mean():.3f} ± {values.std():.3f}"
 
 
-def real_mode(args) -> None:
+def real_mode(args, seed: int | None = None) -> tuple[float, float]:
+    """Per-image scores of one U-Net before and after adaptation; returns both mean Dice."""
+    seed = args.seed if seed is None else seed
     pairs = real_pairs(args.real)  # fails early when the folder is incomplete
-    model, size, what = _model(args)
+    model, size, what = _model(args, seed)
     prof = get_profile(args.profile)
     print(f"real images: {len(pairs)} from {args.real}; {what}, input {size} px")
     before = score_on_real(model, size, args.real)
     t = time.perf_counter()
     adaptation = adapt_unet(model, [read_image(p) for _, p, _ in pairs], size,
-                            **adaptation_settings(prof), seed=args.seed)
+                            **adaptation_settings(prof), seed=seed)
     p = adaptation.params
     print(f"adaptation to these {p['n_used']} images ({prof.name} profile): batch-norm statistics "
           f"of {p['batch_norm_layers']} layers, then {p['epochs']} self-training epoch(s) on "
@@ -96,6 +105,23 @@ def real_mode(args) -> None:
     print(f"adapted:         Dice {_mean_sd(after['dice'])}, IoU {_mean_sd(after['iou'])}")
     print(f"mean Dice of the default pipeline (synthetic training + adaptation): "
           f"{after['dice'].mean():.3f}")
+    return float(before["dice"].mean()), float(after["dice"].mean())
+
+
+def seeds_mode(args) -> None:
+    """``--real`` over several trainings (``--seeds``): the spread a generator or training change
+    has to beat."""
+    rows = []
+    for seed in args.seeds:
+        print(f"--- seed {seed}", flush=True)
+        before, after = real_mode(args, seed)
+        rows.append({"seed": seed, "dice_synthetic": before, "dice_adapted": after})
+    table = pd.DataFrame(rows)
+    print(table.to_string(index=False, float_format="%.3f"))
+    print(f"over {len(table)} trainings: synthetic U-Net {_mean_sd(table['dice_synthetic'])}, "
+          f"adapted {_mean_sd(table['dice_adapted'])}")
+    print(f"mean Dice of the default pipeline over {len(table)} trainings: "
+          f"{table['dice_adapted'].mean():.3f}")
 
 
 def ablation_mode(args) -> None:
@@ -143,10 +169,10 @@ def ablation_mode(args) -> None:
 
 
 def corpus_mode(args) -> None:
-    from cxrlib.data.manifest import load_manifest
+    from cxrlib.data.manifest import data_root_of, load_manifest
 
     manifest = load_manifest(args.corpus)
-    root = manifest.attrs["data_root"]
+    root = data_root_of(manifest)
     model, size, what = _model(args)
     print(f"corpus: {len(manifest)} images from {args.corpus}; {what}")
     counts = []
@@ -189,6 +215,8 @@ def main(argv=None) -> None:
     parser.add_argument("--min-lung-fraction", type=float, default=0.30,
                         help="corpus: QC lung-fraction threshold (seed 003: 0.30)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")],
+                        help="with --real: one U-Net per seed (e.g. 0,1,2), mean ± sd over them")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -201,6 +229,8 @@ def main(argv=None) -> None:
         corpus_mode(args)
     elif args.ablation:
         ablation_mode(args)
+    elif args.seeds:
+        seeds_mode(args)
     else:
         real_mode(args)
 
