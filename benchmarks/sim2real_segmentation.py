@@ -209,7 +209,7 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", default="default", help="profile of the U-Net and adaptation")
     parser.add_argument("--work", type=Path, default=data_dir() / "sim2real",
                         help="where ablation cohorts, weights and corpus masks go")
-    parser.add_argument("--preset", default="arias", help="ablation: synthetic cohort preset")
+    parser.add_argument("--preset", default="lungseg", help="ablation: synthetic cohort preset")
     parser.add_argument("--n-images", type=int, default=400, help="ablation: synthetic images")
     parser.add_argument("--epochs", type=int, default=3, help="ablation: U-Net epochs")
     parser.add_argument("--min-lung-fraction", type=float, default=0.30,

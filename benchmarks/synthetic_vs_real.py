@@ -16,6 +16,9 @@ nearest neighbour). Printed side by side (mean +- sd over images unless stated):
 - mean grey level inside and outside the lungs, and their difference;
 - gradient magnitude (Sobel, grey levels per pixel at 256 px): quantiles over all pixels, and
   the mean inside the lungs and along the lung border;
+- the lungs' height / width, and where each lung's medial border lies at 50% and 75% of
+  the lung height (:func:`_medial_edges`: the heart's size, and whether masks include
+  the lung projected over the heart);
 - the heart silhouette and the abdomen under the lungs, located from the lung mask
   (:func:`_heart_and_abdomen`): heart minus lung grey, the step across the left heart border, and
   the darkest grey under the lungs (gas) against the lungs.
@@ -73,10 +76,32 @@ def image_statistics(image: np.ndarray, lung: np.ndarray) -> dict:
         stats["grey in - outside"] = stats["grey in lungs"] - stats["grey outside lungs"]
         stats["grad in lungs"] = grad[lung].mean()
         stats["grad on lung border"] = grad[border].mean()
+        stats["lung bbox height / width"] = stats["lung bbox height"] * h / (
+            stats["lung bbox width"] * w)
+        stats.update(_medial_edges(lung, rr, cc))
         stats.update(_heart_and_abdomen(image, lung, rr, cc))
     for p in (50, 90, 99):
         stats[f"grad q{p}"] = np.percentile(grad, p)
     return stats
+
+
+def _medial_edges(lung, rr, cc) -> dict:
+    """Where each lung's medial border lies at 50% and 75% of the lung height (apex 0, base 1):
+    its distance from the centre of the lungs' bounding box, as a fraction of the box's half
+    width. The image-right (patient's left) lung at 75% says whether masks follow the heart
+    border (about 0.4-0.6) or include the lung projected over the heart (about 0.1-0.2)."""
+    out = {}
+    top, bottom = rr.min(), rr.max()
+    centre, half = (cc.min() + cc.max()) / 2, max((cc.max() - cc.min()) / 2, 1.0)
+    for f in (0.5, 0.75):
+        row = lung[int(round(top + f * (bottom - top)))]
+        c = int(centre)
+        left, right = np.flatnonzero(row[:c]), np.flatnonzero(row[c:]) + c
+        if left.size:
+            out[f"R lung medial edge {f:.0%}"] = (centre - left.max()) / half
+        if right.size:
+            out[f"L lung medial edge {f:.0%}"] = (right.min() - centre) / half
+    return out
 
 
 def _heart_and_abdomen(image, lung, rr, cc) -> dict:

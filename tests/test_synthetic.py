@@ -347,7 +347,7 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
         generate_cohort(tmp_path, "arias", 2, size=16, progress=False)
     with pytest.raises(ValueError, match="n_jobs"):
         generate_cohort(tmp_path, "arias", 2, size=SIZE, n_jobs=0, progress=False)
-    assert set(PRESETS) == {"arias", "covidgr"}
+    assert set(PRESETS) == {"arias", "covidgr", "lungseg"}
 
 
 def test_cohorts_name_a_preset_and_a_shortcut_knob():
@@ -489,3 +489,63 @@ def test_covid_consolidation_is_densest_in_the_lower_zones():
     assert np.percentile(opacity[lower], 95) > 1.3 * np.percentile(opacity[upper], 95)
     # severe disease is about as dense as soft tissue (0.4-0.6 attenuation) at the bases
     assert opacity[lower].max() > 0.45
+
+
+def test_lung_mask_includes_the_lung_projected_over_the_heart():
+    """``over_heart`` (MASK_CONVENTIONS, preset ``lungseg``): where the heart overlies the left
+    lung the mask is still lung, its medial border the mediastinum's, not the heart's; the
+    mediastinum itself stays outside. Without it (``arias``, ``covidgr``) no lung pixel is over
+    the heart."""
+    from cxrlib.data.synthetic.anatomy import _lookup, lung_fields
+
+    thorax, frame, _ = _anatomy(size=128)
+    fields = lung_fields(thorax, frame.X, frame.Y, over_heart=True)
+    border = lung_fields(thorax, frame.X, frame.Y)["mask"]
+    mask, heart = fields["mask"], fields["heart"]
+    over_heart = mask & (heart > 0.3) & (frame.X > 0)
+    assert over_heart.sum() > 0.02 * mask.sum()
+    med_air = thorax.side_tables["med_air"][_lookup(thorax, frame.X, frame.Y).side_row]
+    assert not (mask & (np.abs(frame.X) < med_air - 0.5)).any()
+    # at the heart's widest row the left lung reaches in to the mediastinum, past the heart
+    row = int(np.argmax((heart > 0.3).sum(axis=1)))
+    left = np.flatnonzero(mask[row] & (frame.X[row] > 0))
+    heart_cols = np.flatnonzero(heart[row] > 0.3)
+    assert left.size and left.min() < heart_cols.max()
+    assert not (border & (fields["heart"] > 0.3) & (frame.X > 0)).any()
+    assert (border <= mask).all() and mask.sum() > border.sum()
+
+
+def test_child_proportions_shorter_thorax_larger_heart_adults_unchanged():
+    from cxrlib.data.synthetic.anatomy import ADULT_FROM_AGE, child_proportions, sample_subject
+
+    adult = sample_subject(np.random.default_rng(3), "M", 40.0)
+    assert child_proportions(adult, ADULT_FROM_AGE) is adult
+    assert child_proportions(adult, 30.0) is adult
+    # the body of a patient is drawn with the same draws at any age: only proportions change
+    rng_a, rng_c = np.random.default_rng(3), np.random.default_rng(3)
+    child = sample_subject(rng_c, "M", 2.0)
+    sample_subject(rng_a, "M", 40.0)
+    assert rng_a.random() == rng_c.random()
+    assert child.lung_height / child.half_width < 0.75 * adult.lung_height / adult.half_width
+    assert child.heart_ctr > adult.heart_ctr + 0.04
+    assert child.mediastinum > adult.mediastinum and child.breast == 0.0
+    school = sample_subject(np.random.default_rng(3), "M", 7.0)  # half-way
+    assert child.lung_height < school.lung_height < adult.lung_height
+
+
+def test_lungseg_preset_has_children_every_framing_and_more_disease():
+    from cxrlib.data.synthetic.presets import ARIAS, LUNGSEG
+
+    cases = sample_cases("lungseg", 400, seed=0)
+    kids = cases[cases["source"] == "Paediatric"]
+    assert len(kids) > 20 and kids["age"].between(1, 11).all()
+    assert set(kids["projection"]) == {"AP"} and set(kids["label"]) <= {"control", "pneumonia"}
+    assert (cases.loc[cases["source"] != "Paediatric", "age"] >= 18).all()
+    assert LUNGSEG.class_shares["control"] < ARIAS.class_shares["control"]
+    assert LUNGSEG.mask_over_heart and not ARIAS.mask_over_heart
+    for src in LUNGSEG.sources:
+        assert src.style.margin_top[1] >= 0.35 and src.style.margin_side[1] >= 1.45
+    # a child's film at the same size renders, with lungs shorter for their width
+    r = render_case(kids.iloc[0], size=96, seed=0)
+    rows, cols = np.nonzero(r["lung_mask"])
+    assert (rows.max() - rows.min()) < 1.1 * (cols.max() - cols.min())

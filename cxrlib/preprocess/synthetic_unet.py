@@ -1,7 +1,7 @@
 """The lung U-Net for corpora without lung masks: trained on the embedded synthetic cohort, cached.
 
 Most real corpora ship no lung masks. Notebook 01 then segments them with a U-Net trained on the
-``arias`` synthetic cohort of the run's profile (its masks are ground truth by construction),
+``lungseg`` synthetic cohort of the run's profile (its masks are ground truth by construction),
 trained once and cached under ``data_dir()/cache/unet/``, keyed by the profile's segmentation
 fields, the seed and the generator version, and reused by every later run with the same key::
 
@@ -35,7 +35,9 @@ UNET_FIELDS = ("n_arias", "synth_size", "seg_size", "seg_epochs", "seg_batch_siz
                "seg_domain_randomisation",
                "seg_batch_norm", "seg_min_steps", "width")
 #: The synthetic cohort it is trained on (preset, shortcut knob).
-TRAINING_COHORT = ("arias", 1.0)
+#: ``lungseg`` (:mod:`cxrlib.data.synthetic.presets`) is ``arias``'s sources framed every way,
+#: with young children and more, denser disease: what a segmenter meets in real corpora.
+TRAINING_COHORT = ("lungseg", 1.0)
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ _REAL = ("real_sample_dir", "real_sample_n", "real_sample_dice", "real_sample_di
 
 def synthetic_unet(profile: str | Profile = "default", seed: int = 0, progress: bool = False,
                    log=print) -> SyntheticUnet:
-    """The U-Net trained on the ``arias`` synthetic cohort of ``profile``, from the cache or
+    """The U-Net trained on the ``lungseg`` synthetic cohort of ``profile``, from the cache or
     trained now (the cohort is generated first if it is not cached either).
 
     Training follows the profile's segmentation fields exactly as notebook 01 trains on a synthetic

@@ -15,7 +15,8 @@ Public API
 - :func:`rale_score`, :func:`lung_parts`, :func:`severity_from_rale`: the RALE-like extent score
   computed from masks (how a lung is split and what "involved" means is documented in
   :mod:`cxrlib.data.synthetic.disease`);
-- :data:`PRESETS`: ``arias`` (3 classes, 8 sources) and ``covidgr`` (binary, one source);
+- :data:`PRESETS`: ``arias`` (3 classes, 8 sources), ``covidgr`` (binary, one source) and
+  ``lungseg`` (the lung U-Net's training cohort: every framing, children, more disease);
 - :data:`COHORTS`: the cohorts a study run carries, each a preset and a shortcut knob
   (``arias``, its shortcut-free twin ``arias-noshortcut``, ``covidgr``); :func:`cohort_spec`,
   :func:`shortcut_twin`.

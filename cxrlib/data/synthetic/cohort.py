@@ -147,7 +147,7 @@ def sample_cases(preset: str = "arias", n_images: int = 120, seed: int = 0,
 
     Parameters
     ----------
-    preset : "arias" or "covidgr" (see :mod:`cxrlib.data.synthetic.presets`).
+    preset : "arias", "covidgr" or "lungseg" (see :mod:`cxrlib.data.synthetic.presets`).
     n_images : number of images, >= 1.
     seed : non-negative integer.
     shortcut : in [0, 1], coupling of everything but the disease to the source (module doc).
@@ -215,7 +215,7 @@ def _draw_patient(preset, label: str, src, shortcut: float, rng) -> dict:
     effusion = bool(rng.random() < 0.4)  # parapneumonic effusion: up to 40% of inpatients
     return dict(
         source=src.name, label=label, sex="M" if rng.random() < male else "F",
-        age=float(np.clip(round(rng.normal(style_src.age_mean, style_src.age_sd)), 18, 95)),
+        age=float(np.clip(round(rng.normal(style_src.age_mean, style_src.age_sd)), style_src.min_age, 95)),
         start=start, synth_preset=preset.name, synth_style=style_src.name, synth_coupled=coupled,
         synth_lobe=lobe if label == "pneumonia" else "none",
         synth_effusion=effusion and label == "pneumonia",
@@ -297,7 +297,9 @@ def render_case(case, size: int = 256, seed: int = 0) -> dict:
     thorax = build_thorax(subject)
     frame = _view(case, thorax, style, int(size), rng)
     coarse = min(frame.shape) >= COARSE_FROM
-    layers = render_anatomy(thorax, frame, rng, coarse=coarse, fields=LESION_FIELDS.get(label, ()))
+    preset = get_preset(_field(case, "synth_preset"))
+    layers = render_anatomy(thorax, frame, rng, coarse=coarse, fields=LESION_FIELDS.get(label, ()),
+                            over_heart=preset.mask_over_heart)
     collimation = _field(case, "synth_collimation", "none")
     border = np.zeros(frame.shape, bool)
     if collimation != "none":
@@ -664,7 +666,7 @@ def default_cohort(preset: str, profile, seed: int = 0, shortcut: float = 1.0,
     """
     preset_obj, _, seed, shortcut = _check_args(preset, 1, seed, shortcut)
     prof = get_profile(profile)
-    n = prof.n_arias if preset_obj.name == "arias" else prof.n_covidgr
+    n = prof.n_covidgr if preset_obj.name == "covidgr" else prof.n_arias
     folder = data_dir() / "synthetic" / f"{preset_obj.name}-{prof.name}-s{seed}-sc{shortcut}"
     csv = folder / "manifest.csv"
     wanted = generator_parameters(preset_obj.name, n, prof.synth_size, seed, shortcut,

@@ -1,4 +1,5 @@
-"""The two cohort presets, ``arias`` and ``covidgr``, as data.
+"""The cohort presets as data: ``arias`` and ``covidgr`` (the papers' cohorts) and ``lungseg``
+(the training cohort of the lung U-Net for corpora without lung masks).
 
 Numbers copied from the source papers (users do not have the project's paper tables, so the
 values needed are repeated here, each with the table it comes from):
@@ -7,6 +8,10 @@ values needed are repeated here, each with the table it comes from):
   Table III (per-source demographics, projection, sensor and which classes each source gives).
 - ``covidgr``: Tabik et al. 2020 (arXiv 2006.01409), Table 3 (COVIDGR-1.0 composition: 426
   negatives, 426 positives of which 76/100/171/79 Normal-PCR+/mild/moderate/severe; women/men).
+- ``lungseg``: no paper's cohort. ``arias``'s sources framed every way a hospital frames a chest
+  film (tight to the lungs, or with the neck, shoulders and upper abdomen), plus young children's
+  AP films (:data:`PAEDIATRIC`), with more and denser disease than ``arias``: what a segmenter
+  meets in real corpora.
 
 Values the papers leave blank are filled with stated assumptions (``# assumed`` comments). The
 per-source *acquisition styles* (tone curve, framing, burned-in marker and text, collimation,
@@ -22,7 +27,7 @@ Montgomery (138 images) still appear at small ``n``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 #: Smallest number of images of one (source, class) cell, when the class is large enough.
 SOURCE_FLOOR = 3
@@ -82,6 +87,7 @@ class Source:
     years: tuple             # study-date range (first year, last year)
     style: Style
     male_fraction_by_label: dict = field(default_factory=dict)  # overrides male_fraction
+    min_age: float = 18.0    # youngest patient (years): the papers' sources are adults
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,8 @@ class Preset:
     sources: tuple           # of Source
     severity_shares: dict    # severity -> share among covid19 images
     description: str
+    mask_over_heart: bool = False  # lung masks include the lung over the heart
+    # (:data:`cxrlib.data.synthetic.anatomy.MASK_CONVENTIONS`)
 
     def source(self, name: str) -> Source:
         for src in self.sources:
@@ -241,8 +249,45 @@ COVIDGR = Preset(
     description="binary COVIDGR-1.0-like cohort: one hospital, PA only, balanced",
 )
 
+
+
+#: Young children's AP films, as in the paediatric pneumonia sets that COVID-19 corpora borrow
+#: their controls and pneumonias from (Kermany et al. 2018, Guangzhou: 5,856 images of children
+#: aged 1-5). Not in any paper's cohort; part of the lung U-Net's training cohort only.
+PAEDIATRIC = Source(
+    "Paediatric", images=5856, labels=("pneumonia", "control"),
+    age_mean=3.0, age_sd=1.5, male_fraction=0.55, ap_fraction=1.0, dx_fraction=1.0,  # assumed
+    images_per_patient=1.0, years=(2016, 2017), min_age=1.0,
+    style=_style(aspect=(0.7, 1.0), margin_side=(1.05, 1.5), margin_top=(0.05, 0.45),
+                 margin_bottom=(0.1, 0.6), contrast=(1.5, 3.0), gamma=(0.9, 1.1),
+                 unsharp=(0.1, 0.3), marker="R", marker_corner="tl", marker_prob=0.5),
+)
+
+
+def _every_framing(src: Source) -> Source:
+    """``src`` framed as any hospital may frame a chest film: from tight around the lungs to
+    the neck, shoulders and upper abdomen in the field."""
+    return replace(src, style=replace(src.style, margin_side=(0.95, 1.5), margin_top=(0.0, 0.35),
+                                      margin_bottom=(-0.03, 0.45), tight_crop=0.2))
+
+
+LUNGSEG = Preset(
+    name="lungseg",
+    labels=("control", "pneumonia", "covid19"),
+    # not a paper's cohort: the training set of the lung U-Net for corpora without lung masks
+    # (:mod:`cxrlib.preprocess.synthetic_unet`). Real corpora of COVID-19 studies are mostly
+    # diseased, and radiologists' masks keep a white (consolidated or effused) lung as lung, so
+    # disease and the denser severities are over-represented here against ``arias``.
+    class_shares={"control": 0.3, "pneumonia": 0.35, "covid19": 0.35},
+    sources=tuple(_every_framing(src) for src in ARIAS_SOURCES) + (PAEDIATRIC,),
+    severity_shares={"normal_pcr_pos": 0.1, "mild": 0.2, "moderate": 0.35, "severe": 0.35},
+    description="arias's sources with every framing and more, denser disease: the training "
+                "cohort of the synthetic lung U-Net",
+    mask_over_heart=True,
+)
+
 #: The presets by name.
-PRESETS: dict[str, Preset] = {"arias": ARIAS, "covidgr": COVIDGR}
+PRESETS: dict[str, Preset] = {"arias": ARIAS, "covidgr": COVIDGR, "lungseg": LUNGSEG}
 
 
 def get_preset(name: str | Preset) -> Preset:
