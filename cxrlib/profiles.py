@@ -166,22 +166,18 @@ class Profile:
         return replace(self, **changes)
 
 
-#: The changes of :mod:`cxrlib.preprocess.domain_randomisation` the U-Net trains with: all of
-#: them. ``opacity`` (dense opacities that stay lung) raised the real-sample Dice in each of two
-#: paired ``default`` trainings (0.851 -> 0.862 with generator 2, 0.897 -> 0.903 with generator 3's
-#: masks), after earlier single trainings had been inconclusive.
-_DOMAIN_RANDOMISATION = ("gamma", "window", "clahe", "blur", "sharpen", "noise", "opacity",
-                         "zoom_out", "crop", "rotation")
-#: The smoke profile's set leaves ``opacity`` out: its 64-px, one-epoch U-Net only checks the
-#: plumbing, and its notebooks' smoke grids were set with these draws.
-_DOMAIN_RANDOMISATION_SMOKE = tuple(c for c in _DOMAIN_RANDOMISATION if c != "opacity")
+#: The changes of :mod:`cxrlib.preprocess.domain_randomisation` the U-Net trains with: all but
+#: ``opacity``, whose effect on the real-sample Dice is within the spread between trainings
+#: (``lungseg`` cohort, ``default`` profile, seeds 0-2: 0.885 +- 0.011 with it, 0.885 +- 0.006
+#: without).
+_DOMAIN_RANDOMISATION = ("gamma", "window", "clahe", "blur", "sharpen", "noise", "zoom_out", "crop",
+                         "rotation")
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", n_arias=120, n_covidgr=64, synth_size=128, image_size=64, seg_size=64,
         seg_epochs=1, seg_batch_size=4, seg_lr=1e-2, seg_batch_norm=True,
-        seg_min_steps=20, seg_domain_randomisation=_DOMAIN_RANDOMISATION_SMOKE,
-        seg_adapt_epochs=1,
+        seg_min_steps=20, seg_domain_randomisation=_DOMAIN_RANDOMISATION, seg_adapt_epochs=1,
         seg_adapt_max_images=64, seg_adapt_min_plausibility=0.9,
         epochs=1, cit_epochs=1, folds=2, repetitions=1, width=0.25,
         batch_size=16, bootstrap=50, tsne_max_points=200,

@@ -8,6 +8,7 @@ import pytest
 
 from cxrlib.data.images import read_mask
 from cxrlib.preprocess.lung_plausibility import (
+    MIN_LUNG_FRACTION, SEED_003_MIN_LUNG_FRACTION,
     QC_COLUMNS, RULE_COLUMNS, RULES, check_bottom_edge, check_height, check_lung_fraction,
     check_lung_pair, check_shoulders, check_side_by_side, check_size_ratio, check_top_edge,
     measure_lungs, plausibility, rule_phrase, soft_score,
@@ -36,7 +37,7 @@ def assert_fails(mask, rule: str, check, phrase_part: str, **kwargs):
     """``check`` fails on ``mask`` with ``rule``'s phrase; plausibility flags that rule."""
     result = check(mask)
     assert result.failed and result.score < 0.5
-    phrase = rule_phrase(rule, kwargs.get("min_lung_fraction", 0.30))
+    phrase = rule_phrase(rule, kwargs.get("min_lung_fraction", MIN_LUNG_FRACTION))
     assert result.reason.startswith(phrase + ": ") and phrase_part in result.reason
     qc = plausibility(mask, **kwargs)
     assert qc[f"qc_rule_{rule}"] and not qc["qc_pass"] and qc["qc_plausibility"] < 0.5
@@ -107,10 +108,16 @@ def test_rule_1_no_lung_pair():
 
 def test_rule_2_low_lung_fraction_with_its_threshold_a_parameter():
     small = ellipse(0.3, 0.5, 0.12, 0.3) | ellipse(0.7, 0.5, 0.12, 0.3)  # 22.7%
-    qc = assert_fails(small, "low_fraction", check_lung_fraction, "22.7% < 30%")
+    # seed 003's 30% flags it; the default, 20% (under every true mask measured), does not
+    assert (MIN_LUNG_FRACTION, SEED_003_MIN_LUNG_FRACTION) == (0.20, 0.30)
+    qc = assert_fails(small, "low_fraction", lambda m: check_lung_fraction(m, 0.30),
+                      "22.7% < 30%", min_lung_fraction=SEED_003_MIN_LUNG_FRACTION)
     assert failed_rules(qc) == {"low_fraction"}
     assert qc["qc_reason"] == "lungs under 30% of the image: 22.7% < 30%"
-    assert plausibility(small, min_lung_fraction=0.2)["qc_pass"]
+    assert plausibility(small)["qc_pass"] and lung_qc(small)["qc_pass"]
+    smaller = ellipse(0.3, 0.5, 0.1, 0.3) | ellipse(0.7, 0.5, 0.1, 0.3)  # 19.0%
+    qc = assert_fails(smaller, "low_fraction", check_lung_fraction, "19.0% < 20%")
+    assert qc["qc_reason"] == "lungs under 20% of the image: 19.0% < 20%"
     assert check_lung_fraction(small, 0.0) == ("", 1.0)
     # score 0.5 at the threshold, 1 from 1.2 times it: 0.75 half way
     assert check_lung_fraction(lungs(), 0.34).score == pytest.approx(
@@ -241,8 +248,8 @@ def test_qc_summary_counts_each_rule_and_flag_reasons_give_general_phrases():
     masks["neck"][0:47, 48:52] = True
     masks["neck"][40:44, 48:58] = True
     qc = pd.DataFrame([{"image_id": k, "source": "A" if k in ("ok", "neck") else "B",
-                        **plausibility(m)} for k, m in masks.items()])
-    table = qc_summary(qc).set_index("source")
+                        **plausibility(m, min_lung_fraction=0.30)} for k, m in masks.items()])
+    table = qc_summary(qc, min_lung_fraction=0.30).set_index("source")
     assert table.loc["total", "flagged"] == 3 and table.loc["total", "passed"] == 1
     assert table.loc["A", "top_edge"] == 1 and table.loc["B", "bottom_edge"] == 1
     assert table.loc["total", "lungs_not_found"] == 1
@@ -251,16 +258,16 @@ def test_qc_summary_counts_each_rule_and_flag_reasons_give_general_phrases():
                                        "low_lung_fraction"]
     assert list(table.columns[-2:]) == ["mean_lung_fraction", "flagged_pct"]
     # an old table without the rule columns: their counts are missing
-    old = qc_summary(qc.drop(columns=RULE_COLUMNS))
+    old = qc_summary(qc.drop(columns=RULE_COLUMNS), min_lung_fraction=0.30)
     assert old["top_edge"].isna().all() and (old["flagged"] == table["flagged"].values).all()
 
-    reasons = qc_flag_reasons(qc)
+    reasons = qc_flag_reasons(qc, min_lung_fraction=0.30)
     assert reasons.to_dict() == {
         "neck": "reaches the top edge or the neck",
         "cut": "lungs under 30% of the image; lower boundary outside the image",
         "one": "no lung pair found; lungs under 30% of the image",
     }
-    old_reasons = qc_flag_reasons(qc.drop(columns=RULE_COLUMNS))
+    old_reasons = qc_flag_reasons(qc.drop(columns=RULE_COLUMNS), min_lung_fraction=0.30)
     assert old_reasons["one"] == reasons["one"] and old_reasons["neck"] == "failed"
 
 

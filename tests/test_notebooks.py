@@ -155,7 +155,7 @@ def test_lung_segmentation_tables(smoke_run):
         g = summary.groupby("source")
         expected = pd.DataFrame({
             "images": g.size(), "passed": g["qc_pass"].sum(),
-            "low_lung_fraction": g["qc_lung_fraction"].apply(lambda f: (f < 0.30).sum()),
+            "low_lung_fraction": g["qc_lung_fraction"].apply(lambda f: (f < 0.20).sum()),
             "mean_lung_fraction": g["qc_lung_fraction"].mean().round(3)})
         _assert_same(qc.reset_index(), expected, "source")
 

@@ -121,9 +121,12 @@ def test_qc_flag_needs_both_lungs_and_enough_lung_area():
     small = np.zeros((100, 100), bool)
     small[20:70, 10:30] = True           # 10% + 10% = 20%
     small[20:70, 60:80] = True
-    qc = lung_qc(small)
+    qc = lung_qc(small, min_lung_fraction=0.30)  # seed 003's threshold
     assert qc["qc_lungs_found"] and not qc["qc_pass"] and "30%" in qc["qc_reason"]
     assert lung_qc(small, min_lung_fraction=0.15)["qc_pass"]
+    trimmed = small.copy()
+    trimmed[69] = False  # 19.6% < the default 20%
+    assert not lung_qc(trimmed)["qc_pass"] and "< 20%" in lung_qc(trimmed)["qc_reason"]
 
     tiny_second = both.copy()
     tiny_second[:, 50:] = False
@@ -272,7 +275,7 @@ class DarkIsLung(torch.nn.Module):
 def test_segment_manifest_writes_masks_and_qc_and_scores_them(tiny_cohort, tmp_path):
     out_dir = tmp_path / "pred"
     seg = segment_manifest(DarkIsLung(), tiny_cohort, out_dir, size=32, batch_size=5,
-                           progress=False)
+                           min_lung_fraction=0.30, progress=False)
     assert list(seg.columns)[:7] == ["image_id", "mask_path", "qc_lung_regions",
                                      "qc_lungs_found", "qc_lung_fraction", "qc_pass", "qc_reason"]
     assert {"qc_plausibility", "qc_rule_top_edge"} <= set(seg.columns)

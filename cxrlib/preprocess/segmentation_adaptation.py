@@ -28,7 +28,7 @@ import torch
 
 from cxrlib.gpu import DeviceSettings
 from cxrlib.data.images import read_image
-from cxrlib.preprocess.lung_plausibility import plausibility
+from cxrlib.preprocess.lung_plausibility import MIN_LUNG_FRACTION, plausibility
 from cxrlib.models.unet import UNet
 from cxrlib.profiles import Profile, get_profile
 from cxrlib.models.batchnorm import precise_batchnorm
@@ -41,10 +41,10 @@ __all__ = ["reestimate_batchnorm", "pseudo_masks", "adapt_unet", "Adaptation",
            "most_changed", "masks_before_after_figure", "adaptation_text",
            "SELECTION_LUNG_FRACTION"]
 
-#: The lung-fraction floor used when scoring pseudo-masks for selection: the lowest share under
-#: which no radiologist or synthetic mask falls (seed 003's 30% would reject true lungs, see
-#: :mod:`cxrlib.preprocess.lung_plausibility`).
-SELECTION_LUNG_FRACTION = 0.20
+#: The lung-fraction floor used when scoring pseudo-masks for selection: the QC's default, the
+#: lowest share under which no radiologist or synthetic mask falls (seed 003's 30% would reject
+#: true lungs, see :mod:`cxrlib.preprocess.lung_plausibility`).
+SELECTION_LUNG_FRACTION = MIN_LUNG_FRACTION
 
 
 def reestimate_batchnorm(model: UNet, images: np.ndarray, batch_size: int = 32) -> UNet:

@@ -17,7 +17,7 @@ from cxrlib.data.images import read_image
 from cxrlib.data.manifest import data_root_of
 from cxrlib.gpu import default_device
 from cxrlib.models.unet import UNet
-from cxrlib.preprocess.lung_plausibility import QC_COLUMNS, plausibility
+from cxrlib.preprocess.lung_plausibility import MIN_LUNG_FRACTION, QC_COLUMNS, plausibility
 from cxrlib.preprocess.views import mask_file_name, resize_image
 
 from .data import prepare_unet_input
@@ -149,7 +149,7 @@ def segment_images(
 
 def lung_qc(
     mask: np.ndarray,
-    min_lung_fraction: float = 0.30,
+    min_lung_fraction: float = MIN_LUNG_FRACTION,
     min_region_fraction: float = 0.05,
 ) -> dict:
     """The segmentation quality flag of one mask, bool (H, W): seed 003's rules and the
@@ -181,7 +181,7 @@ def segment_manifest(
     batch_size: int = 16,
     threshold: float = 0.5,
     min_region_fraction: float = 0.02,
-    min_lung_fraction: float = 0.30,
+    min_lung_fraction: float = MIN_LUNG_FRACTION,
     device: str | torch.device | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -197,7 +197,8 @@ def segment_manifest(
         (default ``manifest.attrs['data_root']``).
     size : network input side (the size the model was trained at, ``profile.seg_size``).
     threshold, min_region_fraction : see :func:`postprocess_mask`.
-    min_lung_fraction : QC threshold on the lungs' share of the image (seed 003: 30%).
+    min_lung_fraction : QC threshold on the lungs' share of the image (default 0.20, under
+        every true mask measured; seed 003: 0.30).
 
     Returns
     -------

@@ -11,7 +11,9 @@ from tqdm.auto import tqdm
 
 from cxrlib.data.images import read_mask
 from cxrlib.data.manifest import data_root_of
-from cxrlib.preprocess.lung_plausibility import RULE_COLUMNS, RULES, rule_phrase
+from cxrlib.preprocess.lung_plausibility import (
+    MIN_LUNG_FRACTION, RULE_COLUMNS, RULES, rule_phrase,
+)
 from cxrlib.preprocess.views import mask_file_name
 
 from .data import _rows_with_masks
@@ -149,7 +151,7 @@ def scores_table(scores: pd.DataFrame) -> pd.DataFrame:
 _SHAPE_RULES = [name for name in RULES if name not in ("no_lung_pair", "low_fraction")]
 
 
-def qc_summary(qc: pd.DataFrame, min_lung_fraction: float = 0.30,
+def qc_summary(qc: pd.DataFrame, min_lung_fraction: float = MIN_LUNG_FRACTION,
                by: str = "source") -> pd.DataFrame:
     """Counts of the segmentation QC flag per ``by`` group, plus a ``total`` row.
 
@@ -187,7 +189,7 @@ def qc_summary(qc: pd.DataFrame, min_lung_fraction: float = 0.30,
     return out.round({"mean_lung_fraction": 3, "flagged_pct": 1})
 
 
-def qc_flag_reasons(qc: pd.DataFrame, min_lung_fraction: float = 0.30) -> pd.Series:
+def qc_flag_reasons(qc: pd.DataFrame, min_lung_fraction: float = MIN_LUNG_FRACTION) -> pd.Series:
     """The general reasons of each failed segmentation QC: the phrases of the failed rules of
     :mod:`cxrlib.preprocess.lung_plausibility` (e.g. ``"no lung pair found"``, ``"lungs under 30%
     of the image"``, ``"reaches the top edge or the neck"``) joined by ``"; "``, without the
