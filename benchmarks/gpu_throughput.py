@@ -250,8 +250,8 @@ def paper_trainings(profile, n3: int, n2: int) -> list[dict]:
                           (1, 1, P.seg_size, P.seg_size))
     rows.append({"notebook": "01", "what": "synthetic U-Net (once, cached)",
                  "model": "unet", "network": f"U-Net {P.seg_size}px", "trainings": 1,
-                 "image_steps": P.seg_epochs * P.n_arias * 0.7,
-                 "eval_images": P.seg_epochs * P.n_arias * 0.1,
+                 "image_steps": P.seg_epochs * P.seg_synthetic_images * 0.7,
+                 "eval_images": P.seg_epochs * P.seg_synthetic_images * 0.1,
                  "step_gflops": 3 * unet, "eval_gflops": unet})
     adapt = sum(min(n, P.seg_adapt_max_images) for n in (n3, n2))
     rows.append({"notebook": "01", "what": "U-Net adaptation (both corpora)",

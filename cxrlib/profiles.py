@@ -43,6 +43,10 @@ class Profile:
     seg_adapt_max_images : most corpus images the adaptation uses (a random sample of them).
     seg_adapt_min_plausibility : lowest plausibility score
         (:mod:`cxrlib.preprocess.lung_plausibility`) of a pseudo-mask kept for self-training.
+    seg_synthetic_images : images of the synthetic ``lungseg`` cohort the lung U-Net for corpora
+        without masks trains on (:mod:`cxrlib.preprocess.synthetic_unet`; trained once and cached).
+        At ``default``, 2400 rather than 1200 raised the real-sample Dice in each of 3 paired
+        trainings (0.885 -> 0.896 on average).
     seg_min_steps : fewest U-Net optimiser steps; the epochs are raised on a small cohort to reach
         it (``smoke``: a 64-image cohort gets 2 epochs, too few steps otherwise to find the lungs).
     epochs : classifier training epochs per fold.
@@ -126,6 +130,7 @@ class Profile:
     seg_adapt_epochs: int
     seg_adapt_max_images: int
     seg_adapt_min_plausibility: float
+    seg_synthetic_images: int
     epochs: int
     cit_epochs: int
     folds: int
@@ -178,7 +183,7 @@ PROFILES: dict[str, Profile] = {
         name="smoke", n_arias=120, n_covidgr=64, synth_size=128, image_size=64, seg_size=64,
         seg_epochs=1, seg_batch_size=4, seg_lr=1e-2, seg_batch_norm=True,
         seg_min_steps=20, seg_domain_randomisation=_DOMAIN_RANDOMISATION, seg_adapt_epochs=1,
-        seg_adapt_max_images=64, seg_adapt_min_plausibility=0.9,
+        seg_adapt_max_images=64, seg_adapt_min_plausibility=0.9, seg_synthetic_images=120,
         epochs=1, cit_epochs=1, folds=2, repetitions=1, width=0.25,
         batch_size=16, bootstrap=50, tsne_max_points=200,
         cls_width=0.25, cls_folds=2, cls_recipe="arias2020-fast", cls_binary_model="covidnet",
@@ -196,7 +201,7 @@ PROFILES: dict[str, Profile] = {
         name="default", n_arias=1200, n_covidgr=400, synth_size=256, image_size=128, seg_size=128,
         seg_epochs=5, seg_batch_size=8, seg_lr=3e-3, seg_batch_norm=True,
         seg_min_steps=0, seg_domain_randomisation=_DOMAIN_RANDOMISATION, seg_adapt_epochs=3,
-        seg_adapt_max_images=600, seg_adapt_min_plausibility=0.9,
+        seg_adapt_max_images=600, seg_adapt_min_plausibility=0.9, seg_synthetic_images=2400,
         epochs=6, cit_epochs=3, folds=5, repetitions=1, width=0.5,
         batch_size=32, bootstrap=500, tsne_max_points=2000,
         cls_width=0.25, cls_folds=2, cls_recipe="arias2020-fast", cls_binary_model="covidnet",
@@ -214,7 +219,7 @@ PROFILES: dict[str, Profile] = {
         name="paper", n_arias=8000, n_covidgr=852, synth_size=1024, image_size=224, seg_size=256,
         seg_epochs=50, seg_batch_size=8, seg_lr=1e-3, seg_batch_norm=False,
         seg_min_steps=0, seg_domain_randomisation=_DOMAIN_RANDOMISATION, seg_adapt_epochs=10,
-        seg_adapt_max_images=5000, seg_adapt_min_plausibility=0.9,
+        seg_adapt_max_images=5000, seg_adapt_min_plausibility=0.9, seg_synthetic_images=8000,
         epochs=24, cit_epochs=30, folds=5, repetitions=5, width=1.0,
         batch_size=32, bootstrap=2000, tsne_max_points=10000,
         cls_width=1.0, cls_folds=5, cls_recipe="arias2020", cls_binary_model="resnet50",

@@ -10,7 +10,8 @@ from cxrlib.preprocess.synthetic_unet import (
 )
 
 # a profile small enough to train in seconds: 24 images of 64 px, U-Net at 32 px
-TINY = get_profile("smoke").with_overrides(n_arias=24, synth_size=64, seg_size=32, seg_min_steps=4)
+TINY = get_profile("smoke").with_overrides(seg_synthetic_images=24, synth_size=64, seg_size=32,
+                                          seg_min_steps=4)
 
 
 def _pair(folder, name, size=(40, 48)):

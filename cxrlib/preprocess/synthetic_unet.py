@@ -31,9 +31,8 @@ from cxrlib.paths import REPO_ROOT, data_dir
 from cxrlib.profiles import Profile, get_profile
 
 #: The profile fields that change the synthetic U-Net (its training cohort and its training).
-UNET_FIELDS = ("n_arias", "synth_size", "seg_size", "seg_epochs", "seg_batch_size", "seg_lr",
-               "seg_domain_randomisation",
-               "seg_batch_norm", "seg_min_steps", "width")
+UNET_FIELDS = ("seg_synthetic_images", "synth_size", "seg_size", "seg_epochs", "seg_batch_size",
+               "seg_lr", "seg_domain_randomisation", "seg_batch_norm", "seg_min_steps", "width")
 #: The synthetic cohort it is trained on (preset, shortcut knob).
 #: ``lungseg`` (:mod:`cxrlib.data.synthetic.presets`) is ``arias``'s sources framed every way,
 #: with young children and more, denser disease: what a segmenter meets in real corpora.

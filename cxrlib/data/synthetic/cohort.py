@@ -657,7 +657,8 @@ def default_cohort(preset: str, profile, seed: int = 0, shortcut: float = 1.0,
                    progress: bool = True, dicom_share: float = DEFAULT_DICOM_SHARE) -> Path:
     """Manifest path of the cached cohort of a profile, generating it if missing or stale.
 
-    The cohort has ``profile.n_arias`` or ``profile.n_covidgr`` images of ``profile.synth_size``
+    The cohort has ``profile.n_arias``, ``profile.n_covidgr`` or (``lungseg``)
+    ``profile.seg_synthetic_images`` images of ``profile.synth_size``
     px, ``dicom_share`` of them written as DICOM (see :func:`generate_cohort`), and lives in
     ``data_dir()/synthetic/<preset>-<profile>-s<seed>-sc<shortcut>``. It is
     written to a temporary sibling folder and renamed when complete, so an interrupted
@@ -666,7 +667,8 @@ def default_cohort(preset: str, profile, seed: int = 0, shortcut: float = 1.0,
     """
     preset_obj, _, seed, shortcut = _check_args(preset, 1, seed, shortcut)
     prof = get_profile(profile)
-    n = prof.n_covidgr if preset_obj.name == "covidgr" else prof.n_arias
+    n = {"covidgr": prof.n_covidgr, "lungseg": prof.seg_synthetic_images}.get(preset_obj.name,
+                                                                          prof.n_arias)
     folder = data_dir() / "synthetic" / f"{preset_obj.name}-{prof.name}-s{seed}-sc{shortcut}"
     csv = folder / "manifest.csv"
     wanted = generator_parameters(preset_obj.name, n, prof.synth_size, seed, shortcut,
