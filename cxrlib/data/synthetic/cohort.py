@@ -285,7 +285,8 @@ def render_case(case, size: int = 256, seed: int = 0) -> dict:
     RuntimeError if a COVID-19 image's rendered RALE score misses its target (a bug).
     """
     _check_size(size)
-    style = get_preset(_field(case, "synth_preset")).source(_field(case, "synth_style")).style
+    preset = get_preset(_field(case, "synth_preset"))
+    style = preset.source(_field(case, "synth_style")).style
     label = _field(case, "label")
     rng_subject = np.random.default_rng(
         np.random.SeedSequence(seed, spawn_key=(1, int(_field(case, "synth_patient_index")))))
@@ -297,7 +298,6 @@ def render_case(case, size: int = 256, seed: int = 0) -> dict:
     thorax = build_thorax(subject)
     frame = _view(case, thorax, style, int(size), rng)
     coarse = min(frame.shape) >= COARSE_FROM
-    preset = get_preset(_field(case, "synth_preset"))
     layers = render_anatomy(thorax, frame, rng, coarse=coarse, fields=LESION_FIELDS.get(label, ()),
                             over_heart=preset.mask_over_heart)
     collimation = _field(case, "synth_collimation", "none")

@@ -250,7 +250,6 @@ COVIDGR = Preset(
 )
 
 
-
 #: Young children's AP films, as in the paediatric pneumonia sets that COVID-19 corpora borrow
 #: their controls and pneumonias from (Kermany et al. 2018, Guangzhou: 5,856 images of children
 #: aged 1-5). Not in any paper's cohort; part of the lung U-Net's training cohort only.
