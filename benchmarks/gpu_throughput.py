@@ -256,7 +256,9 @@ def paper_trainings(profile, n3: int, n2: int) -> list[dict]:
     adapt = sum(min(n, P.seg_adapt_max_images) for n in (n3, n2))
     rows.append({"notebook": "01", "what": "U-Net adaptation (both corpora)",
                  "model": "unet", "network": f"U-Net {P.seg_size}px", "trainings": 2,
-                 "image_steps": P.seg_adapt_epochs * adapt, "eval_images": 3 * adapt,
+                 "image_steps": max(P.seg_adapt_epochs * adapt,
+                                    2 * P.seg_adapt_min_steps * P.seg_batch_size),
+                 "eval_images": 3 * adapt,
                  "step_gflops": 3 * unet, "eval_gflops": unet})
     return rows
 

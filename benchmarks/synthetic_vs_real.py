@@ -21,7 +21,7 @@ nearest neighbour). Printed side by side (mean +- sd over images unless stated):
   the lung projected over the heart);
 - the heart silhouette and the abdomen under the lungs, located from the lung mask
   (:func:`_heart_and_abdomen`): heart minus lung grey, the step across the left heart border, and
-  the darkest grey under the lungs (gas) against the lungs.
+  the darkest grey under the lungs (gas) against the lungs, and the step across the domes.
 """
 from __future__ import annotations
 
@@ -112,7 +112,10 @@ def _heart_and_abdomen(image, lung, rr, cc) -> dict:
     - ``heart border step (grey)``: mean grey 2-4 px medial minus 2-4 px lateral of the image-right
       lung's medial border in the same rows (how sharp the left heart border is);
     - ``below lungs q5 - lungs (grey)``: 5th grey percentile of the band under the lungs (a
-      tenth of the lung height: bowel and stomach gas) minus the mean grey in the lungs.
+      tenth of the lung height: bowel and stomach gas) minus the mean grey in the lungs;
+    - ``dome step (grey)``: mean grey 2-5 px below minus 2-5 px above the lowest lung pixel of
+      each column (columns where the lung spans at least 30% of the lung height and the image
+      goes on below): how sharp the diaphragm's border is.
     """
     out = {}
     top, bottom = rr.min(), rr.max()
@@ -135,6 +138,14 @@ def _heart_and_abdomen(image, lung, rr, cc) -> dict:
     band = image[bottom + 1:min(image.shape[0], bottom + 1 + max((bottom - top) // 10, 2))]
     if band.size:
         out["below lungs q5 - lungs (grey)"] = float(np.percentile(band, 5)) - lungs
+    domes = []
+    for c in np.unique(cc):
+        rows = np.flatnonzero(lung[:, c])
+        if rows.size >= 0.3 * (bottom - top) and 5 <= rows.max() <= image.shape[0] - 6:
+            b = rows.max()
+            domes.append(image[b + 2:b + 6, c].mean() - image[b - 5:b - 1, c].mean())
+    if domes:
+        out["dome step (grey)"] = float(np.mean(domes))
     return out
 
 

@@ -111,6 +111,24 @@ def test_self_training_fine_tunes_on_the_targets():
     assert "trained it for 1 epoch(s) on the 6 pseudo-masks" in adaptation_text(result)
 
 
+def test_min_steps_raises_the_epochs_on_a_small_corpus():
+    """6 targets in batches of 4: one step per epoch (the partial batch is dropped), so 5 steps
+    take 5 epochs; with 100 targets 25 steps an epoch, 1 epoch is already enough."""
+    from cxrlib.preprocess.segmentation import epochs_for_min_steps
+
+    assert epochs_for_min_steps(1, 6, 4, 5) == 5
+    assert epochs_for_min_steps(1, 100, 4, 5) == 1
+    assert epochs_for_min_steps(3, 4, 4, 0) == 3  # a batch of all 4: 1 step, no floor
+    assert epochs_for_min_steps(2, 9, 4, 7) == 4  # 2 steps an epoch
+    result = adapt_unet(_unet(), _images(6), 32, epochs=1, min_steps=5, min_plausibility=0.0,
+                        batch_size=4, seed=0)
+    assert result.params["epochs"] == 5 and result.params["min_steps"] == 5
+    assert "trained it for 5 epoch(s) on the 6 pseudo-masks" in adaptation_text(result)
+    # epochs=0 stays the batch-norm step only, whatever the floor
+    assert adapt_unet(_unet(), _images(3), 32, epochs=0, min_steps=5,
+                      min_plausibility=0.0).params["epochs"] == 0
+
+
 def test_bad_arguments_are_errors():
     with pytest.raises(ValueError, match="no images"):
         adapt_unet(_unet(), [], 32)
@@ -140,6 +158,7 @@ def test_the_adaptation_reads_images_and_never_a_mask(cohort, monkeypatch):
 def test_profile_settings_and_figures(cohort):
     settings = adaptation_settings("default")
     assert settings["epochs"] == 3 and settings["lr"] == pytest.approx(3e-4)
+    assert settings["min_steps"] == 30 and adaptation_settings("smoke")["min_steps"] == 0
     assert "rotation" in settings["domain_randomisation"]
     images = [ManifestImages(cohort, cohort.attrs["data_root"])[i] for i in range(3)]
     result = adapt_unet(_unet(), images, 32, epochs=0)

@@ -33,7 +33,8 @@ from cxrlib.models.unet import UNet
 from cxrlib.profiles import Profile, get_profile
 from cxrlib.models.batchnorm import precise_batchnorm
 from cxrlib.preprocess.segmentation import (
-    postprocess_mask, predict_lung_probability, prepare_unet_input, segment_images, train_unet,
+    epochs_for_min_steps, postprocess_mask, predict_lung_probability, prepare_unet_input,
+    segment_images, train_unet,
 )
 
 __all__ = ["reestimate_batchnorm", "pseudo_masks", "adapt_unet", "Adaptation",
@@ -99,7 +100,8 @@ class Adaptation:
 
 
 def adapt_unet(model: UNet, images: list[np.ndarray], size: int, epochs: int = 3,
-               min_plausibility: float = 0.9, max_images: int = 600, batch_size: int = 8,
+               min_steps: int = 0, min_plausibility: float = 0.9, max_images: int = 600,
+               batch_size: int = 8,
                lr: float = 3e-4, domain_randomisation: tuple = (), seed: int = 0,
                progress: bool = False, gpu: DeviceSettings | None = None) -> Adaptation:
     """Adapt a lung U-Net to the images of a corpus, without any of its masks.
@@ -110,6 +112,9 @@ def adapt_unet(model: UNet, images: list[np.ndarray], size: int, epochs: int = 3
     images : the corpus's radiographs, float arrays (H_i, W_i) in [0, 1]; pixels only.
     size : the network's input side in pixels.
     epochs : self-training epochs (0: batch-norm re-estimation only).
+    min_steps : fewest self-training optimiser steps: with few targets the epochs are raised
+        to reach them (:func:`cxrlib.preprocess.segmentation.epochs_for_min_steps`); not when
+        ``epochs`` is 0.
     min_plausibility : lowest plausibility of a pseudo-mask kept as a target.
     max_images : most images used (a random sample, drawn with ``seed``); the rest are only
         reported.
@@ -137,9 +142,11 @@ def adapt_unet(model: UNet, images: list[np.ndarray], size: int, epochs: int = 3
     trained = epochs > 0 and target.sum() >= 2
     if trained:
         keep = np.flatnonzero(target)
+        batch_size = min(int(batch_size), len(keep))
+        epochs = epochs_for_min_steps(epochs, len(keep), batch_size, min_steps)
         adapted, _ = train_unet(
             prepared[keep], masks[keep], prepared[keep], masks[keep], epochs=int(epochs),
-            batch_size=min(int(batch_size), len(keep)), lr=lr, augment=True,
+            batch_size=batch_size, lr=lr, augment=True,
             domain_randomisation=domain_randomisation, seed=seed, progress=progress,
             init=adapted, gpu=gpu)
         _, after = pseudo_masks(adapted, prepared)
@@ -155,7 +162,8 @@ def adapt_unet(model: UNet, images: list[np.ndarray], size: int, epochs: int = 3
     report.loc[used, "plausibility_after"] = after
     params = {"n_images": n, "n_used": int(len(used)),
               "n_targets": int(target.sum()) if trained else 0,
-              "epochs": int(epochs) if trained else 0, "min_plausibility": float(min_plausibility),
+              "epochs": int(epochs) if trained else 0, "min_steps": int(min_steps),
+              "min_plausibility": float(min_plausibility),
               "lr": float(lr), "batch_norm_layers": _n_batchnorm(model),
               "domain_randomisation": list(domain_randomisation),
               "seconds": round(time.perf_counter() - start, 1)}
@@ -187,11 +195,13 @@ class ManifestImages:
 
 def adaptation_settings(profile: str | Profile) -> dict:
     """The keyword arguments of :func:`adapt_unet` that a profile sets: ``epochs`` =
-    ``seg_adapt_epochs``, ``min_plausibility`` = ``seg_adapt_min_plausibility``, ``max_images`` =
+    ``seg_adapt_epochs``, ``min_steps`` = ``seg_adapt_min_steps``, ``min_plausibility`` =
+    ``seg_adapt_min_plausibility``, ``max_images`` =
     ``seg_adapt_max_images``, ``batch_size`` = ``seg_batch_size``, ``domain_randomisation`` =
     ``seg_domain_randomisation`` and ``lr`` a tenth of ``seg_lr`` (fine-tuning, not training)."""
     prof = get_profile(profile)
-    return dict(epochs=prof.seg_adapt_epochs, min_plausibility=prof.seg_adapt_min_plausibility,
+    return dict(epochs=prof.seg_adapt_epochs, min_steps=prof.seg_adapt_min_steps,
+                min_plausibility=prof.seg_adapt_min_plausibility,
                 max_images=prof.seg_adapt_max_images, batch_size=prof.seg_batch_size,
                 lr=prof.seg_lr / 10, domain_randomisation=prof.seg_domain_randomisation)
 

@@ -35,7 +35,8 @@ Modules (every public name is re-exported here):
   (:func:`load_segmentation_pairs`), the split by patient (:func:`split_by_patient`), the
   training dataset and its augmentation (:data:`AUGMENTATION`);
 - :mod:`~cxrlib.preprocess.segmentation.training`: :func:`train_unet`,
-  :func:`train_unet_on_manifest` and what it returns, :class:`SegmenterFit`;
+  :func:`train_unet_on_manifest` and what it returns, :class:`SegmenterFit`,
+  :func:`epochs_for_min_steps`;
 - :mod:`~cxrlib.preprocess.segmentation.weights`: the weights file (:func:`save_unet`,
   :func:`read_unet_params`, :func:`load_unet`);
 - :mod:`~cxrlib.preprocess.segmentation.inference`: probabilities, post-processing, masks and
@@ -61,13 +62,13 @@ from .scores import (
     dice_score, iou_score, qc_flag_reasons, qc_summary, reference_scores, score_masks,
     scores_table, summarise_scores, worst_cases,
 )
-from .training import SegmenterFit, train_unet, train_unet_on_manifest
+from .training import SegmenterFit, epochs_for_min_steps, train_unet, train_unet_on_manifest
 from .weights import load_unet, read_unet_params, save_unet
 
 __all__ = [
     "AUGMENTATION", "prepare_unet_input", "normalise_unet_input", "load_segmentation_pairs",
     "split_by_patient",
-    "train_unet", "train_unet_on_manifest", "SegmenterFit",
+    "train_unet", "train_unet_on_manifest", "SegmenterFit", "epochs_for_min_steps",
     "save_unet", "load_unet", "read_unet_params",
     "predict_lung_probability", "postprocess_mask", "segment_images", "lung_qc",
     "segment_manifest",

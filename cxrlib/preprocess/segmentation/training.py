@@ -25,7 +25,7 @@ from .data import (
 )
 from .weights import save_unet
 
-__all__ = ["train_unet", "SegmenterFit", "train_unet_on_manifest"]
+__all__ = ["train_unet", "SegmenterFit", "train_unet_on_manifest", "epochs_for_min_steps"]
 
 
 def _batch_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -170,6 +170,18 @@ class SegmenterFit:
     weights_path: Path | None = None
 
 
+def epochs_for_min_steps(epochs: int, n_train: int, batch_size: int, min_steps: int) -> int:
+    """``epochs``, raised when needed so that :func:`train_unet` makes at least ``min_steps``
+    optimiser steps on ``n_train`` images: ``n_train // batch_size`` steps per epoch (the last
+    partial batch is dropped), or 1 when ``n_train <= batch_size``.
+
+    >>> epochs_for_min_steps(3, 11, 8, 30), epochs_for_min_steps(3, 100, 8, 30)
+    (30, 3)
+    """
+    steps_per_epoch = n_train // batch_size if n_train > batch_size else 1
+    return max(int(epochs), math.ceil(int(min_steps) / max(steps_per_epoch, 1)))
+
+
 def train_unet_on_manifest(
     manifest: pd.DataFrame,
     weights_path: str | Path,
@@ -229,9 +241,7 @@ def train_unet_on_manifest(
     is_train = (subset == "train").to_numpy()
     is_valid = (subset == "valid").to_numpy()
     min_steps = int(min_steps)
-    n_train = int(is_train.sum())
-    steps_per_epoch = n_train // batch_size if n_train > batch_size else 1  # drop_last
-    epochs = max(epochs, math.ceil(min_steps / max(steps_per_epoch, 1)))
+    epochs = epochs_for_min_steps(epochs, int(is_train.sum()), batch_size, min_steps)
     start = time.perf_counter()
     model, history = train_unet(
         images[is_train], masks[is_train], images[is_valid], masks[is_valid],
