@@ -166,6 +166,10 @@ def test_profile_settings_and_figures(cohort):
     assert len(fig.axes[0].patches) >= 3
     fig = masks_before_after_figure(images, ["a", "b", "c"], _unet(), result.model, 32)
     assert [ax.get_title() for ax in fig.axes[:3]] == ["a", "b", "c"]
+    long_id = "covid-19-rapidly-progressive-acute-respiratory-distress-syndrome-ards-admission"
+    fig = masks_before_after_figure(images[:1], [long_id], _unet(), result.model, 32)
+    lines = fig.axes[0].get_title().split("\n")
+    assert len(lines) >= 3 and max(map(len, lines)) <= 34 and "".join(lines) == long_id
     with pytest.raises(ValueError, match="no images"):
         masks_before_after_figure([], [], _unet(), _unet(), 32)
     assert isinstance(result.report, pd.DataFrame)
