@@ -248,17 +248,21 @@ def paper_trainings(profile, n3: int, n2: int) -> list[dict]:
                         n3, size=probe.image_size, e=probe.epochs))
     unet = forward_gflops(lambda: UNet(in_channels=1, width=P.width, batch_norm=P.seg_batch_norm),
                           (1, 1, P.seg_size, P.seg_size))
-    rows.append({"notebook": "01", "what": "synthetic U-Net (once, cached)",
-                 "model": "unet", "network": f"U-Net {P.seg_size}px", "trainings": 1,
-                 "image_steps": P.seg_epochs * P.seg_synthetic_images * 0.7,
-                 "eval_images": P.seg_epochs * P.seg_synthetic_images * 0.1,
+    rows.append({"notebook": "01", "what": "synthetic U-Net(s) (once, cached)",
+                 "model": "unet", "network": f"U-Net {P.seg_size}px",
+                 "trainings": P.seg_ensemble,
+                 "image_steps": P.seg_ensemble * P.seg_synthetic_epochs
+                 * P.seg_synthetic_images * 0.7,
+                 "eval_images": P.seg_ensemble * P.seg_synthetic_epochs
+                 * P.seg_synthetic_images * 0.1,
                  "step_gflops": 3 * unet, "eval_gflops": unet})
     adapt = sum(min(n, P.seg_adapt_max_images) for n in (n3, n2))
     rows.append({"notebook": "01", "what": "U-Net adaptation (both corpora)",
-                 "model": "unet", "network": f"U-Net {P.seg_size}px", "trainings": 2,
-                 "image_steps": max(P.seg_adapt_epochs * adapt,
-                                    2 * P.seg_adapt_min_steps * P.seg_batch_size),
-                 "eval_images": 3 * adapt,
+                 "model": "unet", "network": f"U-Net {P.seg_size}px",
+                 "trainings": 2 * P.seg_ensemble,
+                 "image_steps": P.seg_ensemble * max(P.seg_adapt_epochs * adapt,
+                                                     2 * P.seg_adapt_min_steps * P.seg_batch_size),
+                 "eval_images": 3 * P.seg_ensemble * adapt,
                  "step_gflops": 3 * unet, "eval_gflops": unet})
     return rows
 

@@ -17,9 +17,10 @@ masks at the mask's resolution), mean ± sd of each, and, as the last line, the 
 default pipeline (synthetic training + adaptation). The papers' U-Net reaches 0.985 (JSRT) and
 0.972 (Montgomery) when trained on real masks of the same sets.
 
-``--real DIR --seeds 0,1,2``: the same for one U-Net per seed (each trained and cached like the
-default one), then the mean ± sd over the trainings: a generator or training change should beat
-this spread, not one training's number.
+``--real DIR --seeds 0,1,2``: the same for the segmenter of each study seed (each trained and
+cached like the default one; with the profile's ``seg_ensemble`` above 1, an ensemble whose members
+no other seed shares, :func:`cxrlib.preprocess.synthetic_unet.member_seeds`), then the mean ± sd
+over them: a generator or training change should beat this spread, not one training's number.
 
 ``--real DIR --ablation``: the effect of each domain randomisation change
 (:mod:`cxrlib.preprocess.domain_randomisation`) on the real-sample Dice (before adaptation): one
@@ -71,8 +72,10 @@ def _model(args, seed: int | None = None):
     seed = args.seed if seed is None else seed
     net = synthetic_unet(args.profile, seed=seed, progress=not args.quiet)
     p = net.provenance
-    return net.model, net.size, (f"synthetic U-Net {net.weights_path.name} (held-out synthetic "
-                                 f"Dice {p['held_out_dice']:.3f})")
+    names = ", ".join(path.name for path in net.weights_paths)
+    what = (f"synthetic U-Net {names}" if len(net.weights_paths) == 1 else
+            f"ensemble of {len(net.weights_paths)} synthetic U-Nets ({names})")
+    return net.model, net.size, f"{what} (held-out synthetic Dice {p['held_out_dice']:.3f})"
 
 
 def _mean_sd(values: pd.Series) -> str:

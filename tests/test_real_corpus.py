@@ -130,7 +130,9 @@ def test_the_synthetic_unet_segmented_the_corpus(real_run):
     corpus = load_manifest(real_run["manifests"] / "mine.csv")
     assert set(qc["image_id"]) == set(corpus["image_id"])
     html = (cohort / "01_lung_segmentation.html").read_text()
-    assert "trained on the embedded synthetic cohort" in html
+    # smoke's seg_ensemble: 2 U-Nets of seeds 0 and 1
+    assert "ensemble of 2 U-Nets" in html and "embedded synthetic cohort" in html
+    assert model.loc[0, "member_seeds"] == "[0, 1]"
     assert "Adaptation to this corpus" in html
 
 

@@ -172,6 +172,35 @@ def test_unet_rejects_bad_input():
         UNet(width=0)
 
 
+def test_an_ensemble_averages_its_members_probabilities():
+    from cxrlib.models.unet import UNetEnsemble
+
+    torch.manual_seed(0)
+    a, b = UNet(width=0.25).eval(), UNet(width=0.25).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        pa, pb = torch.sigmoid(a(x)), torch.sigmoid(b(x))
+        both = torch.sigmoid(UNetEnsemble([a, b])(x))
+        alone = torch.sigmoid(UNetEnsemble([a])(x))
+    assert both.shape == (2, 1, 32, 32)
+    torch.testing.assert_close(both, (pa + pb) / 2, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(alone, pa, atol=1e-6, rtol=1e-5)
+    # hand-made members: constant logits 2 and -1 -> mean of sigmoid(2) and sigmoid(-1)
+    class Constant(torch.nn.Module):
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+
+        def forward(self, x):
+            return torch.full((len(x), 1, *x.shape[-2:]), self.value)
+
+    got = torch.sigmoid(UNetEnsemble([Constant(2.0), Constant(-1.0)])(x))
+    want = (1 / (1 + np.exp(-2.0)) + 1 / (1 + np.exp(1.0))) / 2
+    assert got.min().item() == pytest.approx(want) and got.max().item() == pytest.approx(want)
+    with pytest.raises(ValueError, match="at least one member"):
+        UNetEnsemble([])
+
+
 def _tiny_training_set(n: int, size: int, seed: int):
     rng = np.random.default_rng(seed)
     masks = np.stack([lung_pair(size, shift=rng.normal(0, 0.03)) for _ in range(n)])
@@ -202,6 +231,33 @@ def test_one_epoch_of_training_runs_and_reduces_the_loss():
                           batch_size=8, lr=3e-3, schedule="constant", seed=0, progress=False)
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
         torch.testing.assert_close(a, b)              # same seed, same weights
+
+
+def test_bce_dice_loss_against_hand_computed_values():
+    from cxrlib.preprocess.segmentation.training import BCEDiceLoss, unet_loss
+
+    loss = BCEDiceLoss()
+    # logits 0: p = 0.5 everywhere; target one image of 4 pixels, 2 of them lung
+    logits = torch.zeros(1, 1, 2, 2)
+    target = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
+    # BCE = ln 2 at every pixel; soft Dice = (2 * 1 + 1) / (2 + 2 + 1) = 0.6
+    assert loss(logits, target).item() == pytest.approx(np.log(2) + 0.4, abs=1e-6)
+    # two images: the Dice term is the mean of the per-image terms, not a pooled one
+    logits2 = torch.zeros(2, 1, 2, 2)
+    target2 = torch.stack([target[0], torch.ones(1, 2, 2)])
+    # image 2: (2 * 2 + 1) / (2 + 4 + 1) = 5/7
+    want = np.log(2) + 1 - (0.6 + 5 / 7) / 2
+    assert loss(logits2, target2).item() == pytest.approx(want, abs=1e-6)
+    # a confident, right prediction costs almost nothing; a confident, wrong one a lot
+    right = (target * 2 - 1) * 20
+    assert loss(right, target).item() < 1e-3
+    assert loss(-right, target).item() > 10
+    assert unet_loss("bce")(logits, target).item() == pytest.approx(np.log(2), abs=1e-6)
+    with pytest.raises(ValueError, match="unknown U-Net loss 'dice'"):
+        unet_loss("dice")
+    with pytest.raises(ValueError, match="unknown U-Net loss"):
+        train_unet_on_manifest(pd.DataFrame({"lung_mask_path": []}), "x.pt", profile="smoke",
+                               loss="focal", progress=False)
 
 
 def test_training_rejects_mismatched_arrays():
@@ -309,6 +365,7 @@ def test_train_unet_on_manifest_saves_weights_and_parameters(tiny_cohort, tmp_pa
     params = json.loads((tmp_path / "unet.json").read_text())
     assert params["size"] == 32 and params["width"] == 0.25 and params["n_train"] > 0
     assert params["n_train"] + params["n_valid"] + params["n_test"] == 12
+    assert params["loss"] == "binary cross-entropy + soft Dice (on logits)"  # smoke's seg_loss
     assert isinstance(load_unet(fit.weights_path), UNet)
     no_masks = tiny_cohort.assign(lung_mask_path=pd.NA)
     with pytest.raises(ValueError, match="lung_mask_path"):

@@ -111,6 +111,41 @@ def test_self_training_fine_tunes_on_the_targets():
     assert "trained it for 1 epoch(s) on the 6 pseudo-masks" in adaptation_text(result)
 
 
+def test_an_ensemble_is_adapted_member_by_member_on_its_own_pseudo_masks(monkeypatch):
+    from cxrlib.models.unet import UNetEnsemble
+    from cxrlib.preprocess import segmentation_adaptation
+
+    torch.manual_seed(1)
+    other = UNet(in_channels=1, width=0.125, batch_norm=True).eval()
+    ensemble = UNetEnsemble([_unet(), other])
+    calls = []
+    real_train = segmentation_adaptation.train_unet
+
+    def recording_train(images, masks, *args, **kwargs):
+        calls.append((masks.copy(), kwargs["seed"], kwargs["init"]))
+        return real_train(images, masks, *args, **kwargs)
+
+    monkeypatch.setattr(segmentation_adaptation, "train_unet", recording_train)
+    prepared = np.stack([prepare_unet_input(im, 32) for im in _images(6)])
+    result = adapt_unet(ensemble, _images(6), 32, epochs=1, min_plausibility=0.0, batch_size=2,
+                        lr=1e-2, seed=5)
+    assert isinstance(result.model, UNetEnsemble) and len(result.model.members) == 2
+    # both members learn from the same targets: the batch-norm-adapted ensemble's masks
+    expected, _ = pseudo_masks(reestimate_batchnorm(ensemble, prepared), prepared)
+    assert [seed for _, seed, _ in calls] == [5, 6]
+    for masks, _, _ in calls:
+        np.testing.assert_array_equal(masks, expected)
+    # each member starts from its own batch-norm-adapted weights and changes
+    for k, (_, _, init) in enumerate(calls):
+        first = next(m for m in init.modules() if isinstance(m, torch.nn.Conv2d))
+        given = next(m for m in ensemble.members[k].modules() if isinstance(m, torch.nn.Conv2d))
+        assert torch.equal(first.weight, given.weight)
+        after = next(m for m in result.model.members[k].modules()
+                     if isinstance(m, torch.nn.Conv2d))
+        assert not torch.equal(after.weight, given.weight)
+    assert result.params["n_targets"] == 6
+
+
 def test_min_steps_raises_the_epochs_on_a_small_corpus():
     """6 targets in batches of 4: one step per epoch (the partial batch is dropped), so 5 steps
     take 5 epochs; with 100 targets 25 steps an epoch, 1 epoch is already enough."""
@@ -160,6 +195,7 @@ def test_profile_settings_and_figures(cohort):
     assert settings["epochs"] == 3 and settings["lr"] == pytest.approx(3e-4)
     assert settings["min_steps"] == 30 and adaptation_settings("smoke")["min_steps"] == 0
     assert "rotation" in settings["domain_randomisation"]
+    assert settings["loss"] == "bce+dice" and adaptation_settings("paper")["loss"] == "bce"
     images = [ManifestImages(cohort, cohort.attrs["data_root"])[i] for i in range(3)]
     result = adapt_unet(_unet(), images, 32, epochs=0)
     fig = plausibility_figure(result.report, 0.9)

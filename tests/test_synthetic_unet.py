@@ -1,17 +1,18 @@
 """The U-Net for corpora without masks: trained once on the synthetic cohort, cached, provenance."""
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cxrlib.profiles import get_profile
 from cxrlib.preprocess.synthetic_unet import (
-    cache_key, provenance_text, real_pairs, real_sample_dir, score_on_real, synthetic_unet,
-    weights_path,
+    cache_key, member_seeds, provenance_text, real_pairs, real_sample_dir, score_on_real,
+    synthetic_unet, weights_path,
 )
 
 # a profile small enough to train in seconds: 24 images of 64 px, U-Net at 32 px
 TINY = get_profile("smoke").with_overrides(seg_synthetic_images=24, synth_size=64, seg_size=32,
-                                          seg_min_steps=4)
+                                          seg_min_steps=4, seg_ensemble=1)
 
 
 def _pair(folder, name, size=(40, 48)):
@@ -28,7 +29,10 @@ def _pair(folder, name, size=(40, 48)):
 def test_cache_key_follows_what_changes_the_network():
     assert cache_key(TINY, 0) == cache_key(TINY, 0)
     assert cache_key(TINY, 0) != cache_key(TINY, 1)
-    assert cache_key(TINY, 0) != cache_key(TINY.with_overrides(seg_epochs=2), 0)
+    assert cache_key(TINY, 0) != cache_key(TINY.with_overrides(seg_synthetic_epochs=2), 0)
+    # the corpus U-Net's epochs and the ensemble size change no member
+    assert cache_key(TINY, 0) == cache_key(TINY.with_overrides(seg_epochs=2, seg_ensemble=3), 0)
+    assert cache_key(TINY, 0) != cache_key(TINY.with_overrides(seg_loss="bce"), 0)
     # a field the U-Net does not depend on leaves the key alone
     assert cache_key(TINY, 0) == cache_key(TINY.with_overrides(epochs=9), 0)
     assert weights_path(TINY, 0).name.startswith("synthetic-smoke-s0-")
@@ -76,3 +80,41 @@ def test_trained_once_then_read_from_the_cache(tmp_path, monkeypatch):
     without = synthetic_unet(TINY, seed=0, log=logged.append)
     assert without.provenance["real_sample_dice"] is None
     assert "not measured" in provenance_text(without.provenance)
+
+
+def test_member_seeds_of_two_study_seeds_never_overlap():
+    assert member_seeds(0, 1) == [0] and member_seeds(7, 1) == [7]
+    assert member_seeds(0, 3) == [0, 1, 2] and member_seeds(1, 3) == [3, 4, 5]
+    with pytest.raises(ValueError, match="at least 1 member"):
+        member_seeds(0, 0)
+
+
+def test_an_ensemble_of_cached_members(tmp_path, monkeypatch):
+    from cxrlib.models.unet import UNetEnsemble
+
+    monkeypatch.setenv("CXR_DATA_DIR", str(tmp_path / "data"))
+    sample = tmp_path / "sample"
+    _pair(sample, "a")
+    monkeypatch.setenv("CXR_REAL_SAMPLE", str(sample))
+    pair = TINY.with_overrides(seg_ensemble=2)
+    single = synthetic_unet(TINY, seed=1, log=lambda text: None)  # member seed 1 of study seed 0
+    logged = []
+    net = synthetic_unet(pair, seed=0, log=logged.append)
+    assert isinstance(net.model, UNetEnsemble) and len(net.model.members) == 2
+    assert net.weights_paths == (weights_path(pair, 0), weights_path(pair, 1))
+    assert len(logged) == 1 and "seed 0" in logged[0]  # seed 1 came from the cache
+    for name, param in single.model.state_dict().items():
+        assert torch.equal(param, net.model.members[1].state_dict()[name])
+    p = net.provenance
+    assert p["member_seeds"] == [0, 1] and p["trained_now"]
+    assert p["cache_key"] == f"{cache_key(pair, 0)}, {cache_key(pair, 1)}"
+    scores = score_on_real(net.model, net.size, sample)
+    assert p["real_sample_dice"] == pytest.approx(scores["dice"].mean())
+    # the ensemble's scores are kept apart from its members' own
+    kept = list(net.weights_path.parent.glob("ensemble-s0-2x-*.json"))
+    assert len(kept) == 1 and "real_sample_dice_adapted" in kept[0].read_text()
+    text = provenance_text(p)
+    assert "ensemble of 2 U-Nets" in text and "(0, 1)" in text
+    again = synthetic_unet(pair, seed=0, log=logged.append)
+    assert len(logged) == 1 and not again.provenance["trained_now"]
+    assert again.provenance["real_sample_dice"] == p["real_sample_dice"]

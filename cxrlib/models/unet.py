@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["UNet", "ENCODER_CHANNELS", "BOTTLENECK_CHANNELS"]
+__all__ = ["UNet", "UNetEnsemble", "ENCODER_CHANNELS", "BOTTLENECK_CHANNELS"]
 
 #: Encoder channels at width 1.0, one entry per resolution (the paper's 32-64-64-128).
 ENCODER_CHANNELS = (32, 64, 64, 128)
@@ -125,3 +125,34 @@ class UNet(nn.Module):
             x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
             x = block(torch.cat([x, skip], dim=1))
         return self.head(x)
+
+
+class UNetEnsemble(nn.Module):
+    """U-Nets trained apart (other seeds, other cohorts) whose lung probabilities are averaged.
+
+    ``forward`` returns the logit of the members' mean probability, so the ensemble stands
+    wherever a :class:`UNet` does: ``torch.sigmoid(ensemble(x))`` is the mean of
+    ``torch.sigmoid(member(x))`` (clamped to [1e-6, 1 - 1e-6]). Members differ in their mistakes
+    more than in what they get right, so the average is the better segmenter on images unlike
+    the training ones (Lakshminarayanan et al. 2017; Ovadia et al. 2019).
+
+    Parameters
+    ----------
+    members : the U-Nets (at least one), with the same input channels.
+
+    Shapes
+    ------
+    input : float tensor (N, C, H, W), as for :class:`UNet`.
+    output : float tensor (N, 1, H, W), logits of "lung".
+    """
+
+    def __init__(self, members):
+        super().__init__()
+        members = list(members)
+        if not members:
+            raise ValueError("a U-Net ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probability = torch.stack([torch.sigmoid(m(x).float()) for m in self.members]).mean(0)
+        return torch.logit(probability, eps=1e-6)

@@ -30,7 +30,7 @@ import torch
 from cxrlib.gpu import DeviceSettings
 from cxrlib.data.images import read_image
 from cxrlib.preprocess.lung_plausibility import MIN_LUNG_FRACTION, plausibility
-from cxrlib.models.unet import UNet
+from cxrlib.models.unet import UNet, UNetEnsemble
 from cxrlib.profiles import Profile, get_profile
 from cxrlib.models.batchnorm import precise_batchnorm
 from cxrlib.preprocess.segmentation import (
@@ -107,13 +107,17 @@ class Adaptation:
 def adapt_unet(model: UNet, images: list[np.ndarray], size: int, epochs: int = 3,
                min_steps: int = 0, min_plausibility: float = 0.9, max_images: int = 600,
                batch_size: int = 8,
-               lr: float = 3e-4, domain_randomisation: tuple = (), seed: int = 0,
+               lr: float = 3e-4, domain_randomisation: tuple = (), loss: str = "bce",
+               seed: int = 0,
                progress: bool = False, gpu: DeviceSettings | None = None) -> Adaptation:
     """Adapt a lung U-Net to the images of a corpus, without any of its masks.
 
     Parameters
     ----------
-    model : the U-Net to adapt (left unchanged; the result is a copy).
+    model : the U-Net to adapt (left unchanged; the result is a copy), or a
+        :class:`cxrlib.models.unet.UNetEnsemble`: the batch-norm statistics of every member are
+        re-estimated, the pseudo-masks are the ensemble's, and each member is self-trained on
+        them (member ``k`` with seed ``seed + k``).
     images : the corpus's radiographs, float arrays (H_i, W_i) in [0, 1]; pixels only.
     size : the network's input side in pixels.
     epochs : self-training epochs (0: batch-norm re-estimation only).
@@ -126,6 +130,7 @@ def adapt_unet(model: UNet, images: list[np.ndarray], size: int, epochs: int = 3
     batch_size, lr : self-training batch and peak learning rate (one-cycle schedule).
     domain_randomisation : changes drawn on the targets
         (:mod:`cxrlib.preprocess.domain_randomisation`).
+    loss : the self-training loss (:func:`cxrlib.preprocess.segmentation.train_unet`).
     seed : sampling, shuffling and augmentation.
     progress : fastai's progress bars.
     gpu : how the self-training uses a CUDA device (:class:`cxrlib.gpu.DeviceSettings`; None:
@@ -149,11 +154,16 @@ def adapt_unet(model: UNet, images: list[np.ndarray], size: int, epochs: int = 3
         keep = np.flatnonzero(target)
         batch_size = min(int(batch_size), len(keep))
         epochs = epochs_for_min_steps(epochs, len(keep), batch_size, min_steps)
-        adapted, _ = train_unet(
+        # an ensemble's members each learn from the ensemble's pseudo-masks (better targets
+        # than any member's own), with seeds of their own
+        members = adapted.members if isinstance(adapted, UNetEnsemble) else [adapted]
+        trained_members = [train_unet(
             prepared[keep], masks[keep], prepared[keep], masks[keep], epochs=int(epochs),
             batch_size=batch_size, lr=lr, augment=True,
-            domain_randomisation=domain_randomisation, seed=seed, progress=progress,
-            init=adapted, gpu=gpu)
+            domain_randomisation=domain_randomisation, loss=loss, seed=seed + k,
+            progress=progress, init=member, gpu=gpu)[0] for k, member in enumerate(members)]
+        adapted = (UNetEnsemble(trained_members) if isinstance(adapted, UNetEnsemble)
+                   else trained_members[0])
         _, after = pseudo_masks(adapted, prepared)
     else:
         after = after_bn
@@ -170,7 +180,7 @@ def adapt_unet(model: UNet, images: list[np.ndarray], size: int, epochs: int = 3
               "epochs": int(epochs) if trained else 0, "min_steps": int(min_steps),
               "min_plausibility": float(min_plausibility),
               "lr": float(lr), "batch_norm_layers": _n_batchnorm(model),
-              "domain_randomisation": list(domain_randomisation),
+              "domain_randomisation": list(domain_randomisation), "loss": loss,
               "seconds": round(time.perf_counter() - start, 1)}
     return Adaptation(model=adapted.eval(), report=report, params=params)
 
@@ -203,12 +213,14 @@ def adaptation_settings(profile: str | Profile) -> dict:
     ``seg_adapt_epochs``, ``min_steps`` = ``seg_adapt_min_steps``, ``min_plausibility`` =
     ``seg_adapt_min_plausibility``, ``max_images`` =
     ``seg_adapt_max_images``, ``batch_size`` = ``seg_batch_size``, ``domain_randomisation`` =
-    ``seg_domain_randomisation`` and ``lr`` a tenth of ``seg_lr`` (fine-tuning, not training)."""
+    ``seg_domain_randomisation``, ``loss`` = ``seg_loss`` and ``lr`` a tenth of ``seg_lr``
+    (fine-tuning, not training)."""
     prof = get_profile(profile)
     return dict(epochs=prof.seg_adapt_epochs, min_steps=prof.seg_adapt_min_steps,
                 min_plausibility=prof.seg_adapt_min_plausibility,
                 max_images=prof.seg_adapt_max_images, batch_size=prof.seg_batch_size,
-                lr=prof.seg_lr / 10, domain_randomisation=prof.seg_domain_randomisation)
+                lr=prof.seg_lr / 10, domain_randomisation=prof.seg_domain_randomisation,
+                loss=prof.seg_loss)
 
 
 def adapt_unet_to_manifest(model: UNet, size: int, manifest: pd.DataFrame, data_root,

@@ -10,6 +10,10 @@ fields, the seed and the generator version, and reused by every later run with t
     net.provenance                 # what it was trained on, held-out synthetic Dice,
                                    # real-sample Dice
 
+With ``seg_ensemble`` above 1 the model is an ensemble of that many U-Nets
+(:class:`cxrlib.models.unet.UNetEnsemble`), each trained and cached as above with a seed of its own
+(:func:`member_seeds`) on the cohort drawn with that seed; their lung probabilities are averaged.
+
 Its provenance says how far to trust it: the held-out synthetic Dice (patients it never saw) and,
 when the folder of real radiographs with radiologist masks is present (``$CXR_REAL_SAMPLE``, else
 ``../shared/real_sample`` beside the repository), its Dice on those real images.
@@ -26,13 +30,16 @@ from pathlib import Path
 import pandas as pd
 
 from cxrlib.data.images import read_image, read_mask
-from cxrlib.models.unet import UNet
+from cxrlib.models.unet import UNet, UNetEnsemble
 from cxrlib.paths import REPO_ROOT, data_dir
 from cxrlib.profiles import Profile, get_profile
 
 #: The profile fields that change the synthetic U-Net (its training cohort and its training).
-UNET_FIELDS = ("seg_synthetic_images", "synth_size", "seg_size", "seg_epochs", "seg_batch_size",
-               "seg_lr", "seg_domain_randomisation", "seg_batch_norm", "seg_min_steps", "width")
+#: (``seg_ensemble`` is not one: it says how many of them, each with its own key.)
+UNET_FIELDS = ("seg_synthetic_images", "synth_size", "seg_size", "seg_synthetic_epochs",
+               "seg_batch_size",
+               "seg_lr", "seg_domain_randomisation", "seg_batch_norm", "seg_min_steps", "seg_loss",
+               "width")
 #: The synthetic cohort it is trained on (preset, shortcut knob).
 #: ``lungseg`` (:mod:`cxrlib.data.synthetic.presets`) is ``arias``'s sources framed every way,
 #: with young children and more, denser disease: what a segmenter meets in real corpora.
@@ -45,17 +52,22 @@ class SyntheticUnet:
 
     Attributes
     ----------
-    model : the U-Net (CPU, eval mode).
+    model : the U-Net (CPU, eval mode), or the ensemble of ``seg_ensemble`` U-Nets.
     size : its input side in pixels.
-    weights_path : the cached weights file (its training parameters in the ``.json`` beside it).
+    weights_path : the cached weights file (its training parameters in the ``.json`` beside it);
+        of the first member for an ensemble.
     provenance : training cohort, images, held-out synthetic Dice and IoU, real-sample Dice (or
-        None when the folder is absent), the cache key and whether this call trained it.
+        None when the folder is absent), the cache key(s), the member seeds and whether this call
+        trained any member. For an ensemble, ``held_out_*`` are the members' means (each on its
+        own held-out patients) and ``real_sample_*`` the ensemble's.
+    weights_paths : every member's weights file.
     """
 
-    model: UNet
+    model: UNet | UNetEnsemble
     size: int
     weights_path: Path
     provenance: dict
+    weights_paths: tuple[Path, ...] = ()
 
 
 def real_sample_dir() -> Path | None:
@@ -149,67 +161,113 @@ _REAL = ("real_sample_dir", "real_sample_n", "real_sample_dice", "real_sample_di
          "real_sample_qc_pass", "real_sample_dice_adapted", "real_sample_dice_adapted_sd")
 
 
+def member_seeds(seed: int, n_members: int) -> list[int]:
+    """The training seeds of the ``n_members`` U-Nets of study seed ``seed``:
+    ``seed * n_members`` to ``seed * n_members + n_members - 1`` (the seed itself for one), so
+    that the ensembles of two study seeds share no member."""
+    if n_members < 1:
+        raise ValueError(f"an ensemble has at least 1 member, got {n_members}")
+    return [int(seed) * n_members + k for k in range(n_members)]
+
+
+def _member(prof: Profile, seed: int, progress: bool, log) -> tuple[UNet, Path, bool]:
+    """One U-Net of the ensemble: (model, weights file, trained by this call)."""
+    from cxrlib.data.manifest import load_manifest
+    from cxrlib.data.synthetic import default_cohort
+    from cxrlib.preprocess.segmentation import load_unet, read_unet_params, train_unet_on_manifest
+
+    path = weights_path(prof, seed)
+    if path.is_file() and "held_out_dice" in read_unet_params(path):
+        return load_unet(path), path, False
+    preset, knob = TRAINING_COHORT
+    log(f"Training the lung U-Net on the synthetic '{preset}' cohort ({prof.name} profile, "
+        f"seed {seed}); it is cached as `{path.name}` in the data folder's `cache/unet/` "
+        "for later runs.")
+    manifest = load_manifest(default_cohort(preset, prof, seed=seed, shortcut=knob,
+                                            progress=progress))
+    fit = train_unet_on_manifest(manifest, path, profile=prof, epochs=prof.seg_synthetic_epochs,
+                                 min_steps=prof.seg_min_steps, seed=seed, progress=progress)
+    scores = _held_out_scores(fit.model, manifest, fit.split, fit.params["size"])
+    _update_params(path, {
+        "trained_on": f"synthetic cohort '{preset}' (shortcut {knob:g}), "
+                      f"{len(manifest)} images of {prof.synth_size} px",
+        "cache_key": cache_key(prof, seed), "n_held_out": int(len(scores)),
+        "held_out_dice": float(scores["dice"].mean()),
+        "held_out_dice_sd": float(scores["dice"].std()),
+        "held_out_iou": float(scores["iou"].mean())})
+    return fit.model, path, True
+
+
+def _ensemble_scores_path(paths: list[Path], seed: int) -> Path:
+    """Where an ensemble's real-sample scores are kept: named after its members' cache keys."""
+    keys = hashlib.sha256(" ".join(p.stem for p in paths).encode()).hexdigest()[:12]
+    return paths[0].with_name(f"ensemble-s{seed}-{len(paths)}x-{keys}.json")
+
+
 def synthetic_unet(profile: str | Profile = "default", seed: int = 0, progress: bool = False,
                    log=print) -> SyntheticUnet:
-    """The U-Net trained on the ``lungseg`` synthetic cohort of ``profile``, from the cache or
-    trained now (the cohort is generated first if it is not cached either).
+    """The U-Net (or ensemble of ``seg_ensemble`` U-Nets) trained on the ``lungseg`` synthetic
+    cohort of ``profile``, from the cache or trained now (each cohort is generated first if it is
+    not cached either).
 
-    Training follows the profile's segmentation fields exactly as notebook 01 trains on a synthetic
-    cohort (:func:`cxrlib.preprocess.segmentation.train_unet_on_manifest`, patients split
-    70/10/20); the held-out 20% gives the synthetic Dice. The real-sample Dice is computed when the
-    folder of :func:`real_sample_dir` is present and not yet scored for these weights.
+    Each member trains as notebook 01 trains on a synthetic cohort
+    (:func:`cxrlib.preprocess.segmentation.train_unet_on_manifest`, patients split 70/10/20) for
+    ``seg_synthetic_epochs`` epochs, with the seed of :func:`member_seeds` and the cohort drawn
+    with it; its held-out 20% gives its synthetic Dice. The real-sample Dice (without and with
+    adaptation) is computed when the folder of :func:`real_sample_dir` is present and not yet
+    scored for these weights.
     """
     from cxrlib.gpu import DeviceSettings
-    from cxrlib.data.manifest import load_manifest
-    from cxrlib.preprocess.segmentation import load_unet, read_unet_params, train_unet_on_manifest
+    from cxrlib.preprocess.segmentation import read_unet_params
     from cxrlib.preprocess.segmentation_adaptation import adapt_unet, adaptation_settings
-    from cxrlib.data.synthetic import default_cohort
 
     prof = get_profile(profile)
-    path = weights_path(prof, seed)
-    trained_now = False
-    if path.is_file() and "held_out_dice" in read_unet_params(path):
-        model = load_unet(path)
+    seeds = member_seeds(seed, prof.seg_ensemble)
+    members = [_member(prof, s, progress, log) for s in seeds]
+    paths = [path for _, path, _ in members]
+    model = members[0][0] if len(members) == 1 else UNetEnsemble([m for m, _, _ in members])
+    member_params = [read_unet_params(path) for path in paths]
+    size = int(member_params[0]["size"])
+    if len(paths) == 1:
+        scores_path, recorded = paths[0].with_suffix(".json"), member_params[0]
     else:
-        preset, knob = TRAINING_COHORT
-        log(f"Training the lung U-Net on the synthetic '{preset}' cohort ({prof.name} profile, "
-            f"seed {seed}); it is cached as `{path.name}` in the data folder's `cache/unet/` "
-            "for later runs.")
-        manifest = load_manifest(default_cohort(preset, prof, seed=seed, shortcut=knob,
-                                                progress=progress))
-        fit = train_unet_on_manifest(manifest, path, profile=prof, seed=seed, progress=progress)
-        model = fit.model
-        scores = _held_out_scores(model, manifest, fit.split, fit.params["size"])
-        extra = {"trained_on": f"synthetic cohort '{preset}' (shortcut {knob:g}), "
-                               f"{len(manifest)} images of {prof.synth_size} px",
-                 "cache_key": cache_key(prof, seed), "n_held_out": int(len(scores)),
-                 "held_out_dice": float(scores["dice"].mean()),
-                 "held_out_dice_sd": float(scores["dice"].std()),
-                 "held_out_iou": float(scores["iou"].mean())}
-        _update_params(path, extra)
-        trained_now = True
-    params = read_unet_params(path)
-    size = int(params["size"])
+        scores_path = _ensemble_scores_path(paths, seed)
+        recorded = json.loads(scores_path.read_text()) if scores_path.is_file() else {}
     sample = real_sample_dir()
-    if sample is not None and (params.get("real_sample_dir") != str(sample)
-                               or "real_sample_dice_adapted" not in params):
+    if sample is not None and (recorded.get("real_sample_dir") != str(sample)
+                               or "real_sample_dice_adapted" not in recorded):
         real = score_on_real(model, size, sample)
         adapted = adapt_unet(model, [read_image(p) for _, p, _ in real_pairs(sample)], size,
                              **adaptation_settings(prof), seed=seed,
                              gpu=DeviceSettings.from_profile(prof)).model
         real_adapted = score_on_real(adapted, size, sample)
-        params = _update_params(path, {
-            "real_sample_dir": str(sample), "real_sample_n": int(len(real)),
-            "real_sample_dice": float(real["dice"].mean()),
-            "real_sample_dice_sd": float(real["dice"].std()),
-            "real_sample_qc_pass": int(real["qc_pass"].sum()),
-            "real_sample_dice_adapted": float(real_adapted["dice"].mean()),
-            "real_sample_dice_adapted_sd": float(real_adapted["dice"].std())})
-    provenance = {k: params.get(k) for k in ("trained_on", "cache_key") + _PROVENANCE + _REAL}
-    if sample is None:
-        provenance.update(dict.fromkeys(_REAL))
-    provenance["trained_now"] = trained_now
-    return SyntheticUnet(model=model, size=size, weights_path=path, provenance=provenance)
+        scores = {"real_sample_dir": str(sample), "real_sample_n": int(len(real)),
+                  "real_sample_dice": float(real["dice"].mean()),
+                  "real_sample_dice_sd": float(real["dice"].std()),
+                  "real_sample_qc_pass": int(real["qc_pass"].sum()),
+                  "real_sample_dice_adapted": float(real_adapted["dice"].mean()),
+                  "real_sample_dice_adapted_sd": float(real_adapted["dice"].std())}
+        recorded = {**recorded, **scores}
+        _write_json(scores_path, recorded)
+    first = member_params[0]
+    provenance = {k: first.get(k) for k in ("trained_on",) + _PROVENANCE}
+    if len(members) > 1:
+        for k in ("held_out_dice", "held_out_dice_sd", "held_out_iou"):
+            provenance[k] = float(sum(p[k] for p in member_params) / len(member_params))
+        provenance["train_seconds"] = float(sum(p["train_seconds"] for p in member_params))
+    provenance["cache_key"] = ", ".join(str(p.get("cache_key")) for p in member_params)
+    provenance["member_seeds"] = seeds
+    provenance.update({k: (recorded.get(k) if sample is not None else None) for k in _REAL})
+    provenance["trained_now"] = any(now for _, _, now in members)
+    return SyntheticUnet(model=model, size=size, weights_path=paths[0], provenance=provenance,
+                         weights_paths=tuple(paths))
+
+
+def _write_json(target: Path, values: dict) -> None:
+    """Write ``values`` to ``target`` atomically."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(values, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, target)
 
 
 def _update_params(weights: Path, extra: dict) -> dict:
@@ -217,22 +275,28 @@ def _update_params(weights: Path, extra: dict) -> dict:
     from cxrlib.preprocess.segmentation import read_unet_params
 
     params = {**read_unet_params(weights), **extra}
-    target = weights.with_suffix(".json")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(params, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, target)
+    _write_json(weights.with_suffix(".json"), params)
     return params
 
 
 def provenance_text(provenance: dict) -> str:
     """One paragraph, in Markdown, that says what the synthetic U-Net is and how well it does."""
     p = provenance
-    text = (f"No image of this corpus has a lung mask, so the lungs are segmented by a U-Net "
-            f"trained on the embedded {p['trained_on']} ({p['n_train']} training images, "
-            f"{p['epochs']} epoch(s) at {p['size']} px; "
-            f"{'trained in this run' if p['trained_now'] else 'read from the cache'}, key "
-            f"`{p['cache_key']}`). On {p['n_held_out']} held-out synthetic patients it reaches "
-            f"Dice {p['held_out_dice']:.3f} ± {p['held_out_dice_sd']:.3f}. ")
+    seeds = p.get("member_seeds") or [None]
+    how = (f"{p['n_train']} training images, {p['epochs']} epoch(s) at {p['size']} px; "
+           f"{'trained in this run' if p['trained_now'] else 'read from the cache'}, "
+           f"key{'s' if len(seeds) > 1 else ''} `{p['cache_key']}`")
+    if len(seeds) == 1:
+        text = ("No image of this corpus has a lung mask, so the lungs are segmented by a U-Net "
+                f"trained on the embedded {p['trained_on']} ({how}). On {p['n_held_out']} "
+                f"held-out synthetic patients it reaches Dice {p['held_out_dice']:.3f} ± "
+                f"{p['held_out_dice_sd']:.3f}. ")
+    else:
+        text = ("No image of this corpus has a lung mask, so the lungs are segmented by an "
+                f"ensemble of {len(seeds)} U-Nets whose lung probabilities are averaged, each "
+                f"trained with its own seed ({', '.join(map(str, seeds))}) on its own draw of the "
+                f"embedded {p['trained_on']} ({how}). On their held-out synthetic patients "
+                f"({p['n_held_out']} each) they reach Dice {p['held_out_dice']:.3f} on average. ")
     if p.get("real_sample_dice") is not None:
         text += (f"On {p['real_sample_n']} real radiographs with radiologist masks "
                  f"(`{Path(p['real_sample_dir']).name}`) it reaches Dice "
@@ -250,4 +314,5 @@ def provenance_text(provenance: dict) -> str:
 
 
 __all__ = ["SyntheticUnet", "synthetic_unet", "real_sample_dir", "real_pairs", "score_on_real",
-           "cache_key", "weights_path", "provenance_text", "UNET_FIELDS", "TRAINING_COHORT"]
+           "cache_key", "weights_path", "member_seeds", "provenance_text", "UNET_FIELDS",
+           "TRAINING_COHORT"]

@@ -25,7 +25,8 @@ from .data import (
 )
 from .weights import save_unet
 
-__all__ = ["train_unet", "SegmenterFit", "train_unet_on_manifest", "epochs_for_min_steps"]
+__all__ = ["train_unet", "SegmenterFit", "train_unet_on_manifest", "epochs_for_min_steps",
+           "BCEDiceLoss", "LOSSES", "unet_loss"]
 
 
 def _batch_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -37,6 +38,44 @@ def _batch_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     dice = torch.where(total > 0, 2 * inter / total.clamp(min=1), torch.ones_like(total))
     return dice.mean()
 
+
+class BCEDiceLoss(torch.nn.Module):
+    """Binary cross-entropy plus soft Dice loss, both on the same logits.
+
+    ``logits``, ``target``: (N, 1, S, S); ``target`` in {0, 1}. The loss is
+    ``BCE(logits, target) + (1 - mean_n soft_dice_n)``, where the soft Dice of image ``n`` is
+    ``(2 sum(p t) + smooth) / (sum(p) + sum(t) + smooth)`` over its pixels, ``p`` the sigmoid
+    of the logits and ``smooth`` 1 pixel. Cross-entropy weighs every pixel alike; the Dice term
+    weighs the overlap that the evaluation scores, so a lung border missed on a small lung costs
+    more (the pairing nnU-Net trains with). Computed in float32 under mixed precision.
+    """
+
+    def __init__(self, smooth: float = 1.0):
+        super().__init__()
+        self.smooth = float(smooth)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits, target = logits.float(), target.float()
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        p, t = torch.sigmoid(logits).flatten(1), target.flatten(1)
+        dice = (2 * (p * t).sum(1) + self.smooth) / (p.sum(1) + t.sum(1) + self.smooth)
+        return bce + (1 - dice.mean())
+
+
+#: The U-Net's training losses (profile field ``seg_loss``): name -> description.
+LOSSES = {"bce": "binary cross-entropy (on logits)",
+          "bce+dice": "binary cross-entropy + soft Dice (on logits)"}
+
+
+def unet_loss(name: str) -> torch.nn.Module:
+    """The loss module called ``name`` (a key of :data:`LOSSES`)."""
+    if name == "bce":
+        from fastai.losses import BCEWithLogitsLossFlat
+
+        return BCEWithLogitsLossFlat()
+    if name == "bce+dice":
+        return BCEDiceLoss()
+    raise ValueError(f"unknown U-Net loss {name!r}; choose one of {sorted(LOSSES)}")
 
 
 def train_unet(
@@ -52,6 +91,7 @@ def train_unet(
     augment: bool = True,
     batch_norm: bool = False,
     domain_randomisation: tuple = (),
+    loss: str = "bce",
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -74,6 +114,8 @@ def train_unet(
     batch_norm : see :class:`UNet`.
     domain_randomisation : names of :data:`cxrlib.preprocess.domain_randomisation.CHANGES` drawn on
         each training image before the affine augmentation (each with probability 0.5).
+    loss : a key of :data:`LOSSES`: ``"bce"`` (the reference's) or ``"bce+dice"``
+        (:class:`BCEDiceLoss`).
     seed : seeds Python, NumPy and torch (weights, shuffling, augmentation).
     device : default CUDA when available, else CPU.
     progress : show fastai's progress bars and epoch table.
@@ -94,7 +136,6 @@ def train_unet(
     import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
     from fastai.data.core import DataLoaders
     from fastai.learner import Learner
-    from fastai.losses import BCEWithLogitsLossFlat
     from fastai.optimizer import Adam
     from fastai.torch_core import set_seed
 
@@ -107,6 +148,7 @@ def train_unet(
             raise ValueError(f"no {name} images")
     if schedule not in ("one_cycle", "constant"):
         raise ValueError(f"schedule must be 'one_cycle' or 'constant', got {schedule!r}")
+    loss_func = unet_loss(loss)
 
     set_seed(seed, reproducible=True)
     device = default_device(device)
@@ -128,7 +170,7 @@ def train_unet(
     def dice(logits, target):  # the name fastai shows in its epoch table
         return _batch_dice(logits, target)
 
-    learn = Learner(dls, model, loss_func=BCEWithLogitsLossFlat(), opt_func=Adam, lr=lr, wd=0.0,
+    learn = Learner(dls, model, loss_func=loss_func, opt_func=Adam, lr=lr, wd=0.0,
                     metrics=[dice], cbs=gpu.fastai_callbacks(device))
     with contextlib.ExitStack() as quiet:
         quiet.enter_context(gpu.cudnn(device))
@@ -196,6 +238,7 @@ def train_unet_on_manifest(
     schedule: str = "one_cycle",
     augment: bool = True,
     domain_randomisation: tuple | None = None,
+    loss: str | None = None,
     valid_size: float = 0.1,
     test_size: float = 0.2,
     seed: int = 0,
@@ -211,7 +254,7 @@ def train_unet_on_manifest(
     Arguments left as None come from the profile: ``size`` = ``seg_size``, ``width`` =
     ``width``, ``epochs`` = ``seg_epochs``, ``batch_size`` = ``seg_batch_size``, ``lr`` =
     ``seg_lr``, ``batch_norm`` = ``seg_batch_norm``, ``domain_randomisation`` =
-    ``seg_domain_randomisation``, ``min_steps`` = ``seg_min_steps`` when
+    ``seg_domain_randomisation``, ``loss`` = ``seg_loss``, ``min_steps`` = ``seg_min_steps`` when
     ``epochs`` is None too, else 0: the epochs are raised, when needed, so that training makes
     at least ``min_steps`` optimiser steps (``ceil(min_steps / steps per epoch)`` epochs),
     ``gpu`` = the profile's :class:`cxrlib.gpu.DeviceSettings`. The others are those of
@@ -231,6 +274,8 @@ def train_unet_on_manifest(
     batch_norm = bool(batch_norm if batch_norm is not None else prof.seg_batch_norm)
     domain_randomisation = check_changes(domain_randomisation if domain_randomisation is not None
                                          else prof.seg_domain_randomisation)
+    loss = str(loss if loss is not None else prof.seg_loss)
+    unet_loss(loss)  # an unknown name fails before the images are read
     gpu = DeviceSettings.from_profile(prof) if gpu is None else gpu
     rows = _rows_with_masks(manifest)
     if rows.empty:
@@ -247,14 +292,14 @@ def train_unet_on_manifest(
         images[is_train], masks[is_train], images[is_valid], masks[is_valid],
         width=width, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
         augment=augment, batch_norm=batch_norm, domain_randomisation=domain_randomisation,
-        seed=seed, device=device, progress=progress, gpu=gpu,
+        loss=loss, seed=seed, device=device, progress=progress, gpu=gpu,
     )
     # what changes the U-Net's training (the classifiers' device augmentation does not)
     unet_gpu = {k: v for k, v in gpu.hashed().items() if k != "device_augmentation"}
     params = {
         "size": size, "width": width, "batch_norm": batch_norm, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "schedule": schedule, "optimizer": "Adam",
-        "loss": "binary cross-entropy (on logits)",
+        "loss": LOSSES[loss],
         "augmentation": AUGMENTATION if augment else None,
         "domain_randomisation": list(domain_randomisation),
         "preprocessing": "resize to size x size, histogram equalisation, per-image standardisation",
