@@ -114,7 +114,7 @@ def test_an_ensemble_of_cached_members(tmp_path, monkeypatch):
     kept = list(net.weights_path.parent.glob("ensemble-s0-2x-*.json"))
     assert len(kept) == 1 and "real_sample_dice_adapted" in kept[0].read_text()
     text = provenance_text(p)
-    assert "ensemble of 2 U-Nets" in text and "(0, 1)" in text
+    assert "ensemble of 2 U-Nets" in text and "(0, 1)" in text and "training images each" in text
     again = synthetic_unet(pair, seed=0, log=logged.append)
     assert len(logged) == 1 and not again.provenance["trained_now"]
     assert again.provenance["real_sample_dice"] == p["real_sample_dice"]

@@ -283,7 +283,8 @@ def provenance_text(provenance: dict) -> str:
     """One paragraph, in Markdown, that says what the synthetic U-Net is and how well it does."""
     p = provenance
     seeds = p.get("member_seeds") or [None]
-    how = (f"{p['n_train']} training images, {p['epochs']} epoch(s) at {p['size']} px; "
+    each = " each" if len(seeds) > 1 else ""
+    how = (f"{p['n_train']} training images{each}, {p['epochs']} epoch(s) at {p['size']} px; "
            f"{'trained in this run' if p['trained_now'] else 'read from the cache'}, "
            f"key{'s' if len(seeds) > 1 else ''} `{p['cache_key']}`")
     if len(seeds) == 1:
