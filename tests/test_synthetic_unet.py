@@ -4,6 +4,11 @@ import pytest
 import torch
 from PIL import Image
 
+from cxrlib.data.manifest import load_manifest
+from cxrlib.data.synthetic import default_cohort
+from cxrlib.preprocess.segmentation import (
+    read_unet_params, score_masks, segment_manifest, split_by_patient,
+)
 from cxrlib.profiles import get_profile
 from cxrlib.preprocess.synthetic_unet import (
     cache_key, member_seeds, provenance_text, real_pairs, real_sample_dir, score_on_real,
@@ -63,6 +68,8 @@ def test_trained_once_then_read_from_the_cache(tmp_path, monkeypatch):
     assert first.size == 32
     p = first.provenance
     assert p["n_held_out"] > 0 and 0 <= p["held_out_dice"] <= 1
+    # scored on the patients the training held out (the same split, recomputed)
+    assert p["n_held_out"] == read_unet_params(first.weights_path)["n_test"]
     assert p["real_sample_n"] == 2 and 0 <= p["real_sample_dice"] <= 1
     scores = score_on_real(first.model, first.size, sample)
     assert scores["dice"].mean() == pytest.approx(p["real_sample_dice"])
@@ -107,6 +114,16 @@ def test_an_ensemble_of_cached_members(tmp_path, monkeypatch):
         assert torch.equal(param, net.model.members[1].state_dict()[name])
     p = net.provenance
     assert p["member_seeds"] == [0, 1] and p["trained_now"]
+    # the held-out Dice is the ensemble's own, on member 0's held-out patients
+    members = [read_unet_params(path) for path in net.weights_paths]
+    assert p["members_held_out_dice"] == [m["held_out_dice"] for m in members]
+    assert p["n_held_out"] == members[0]["n_held_out"] == members[0]["n_test"]
+    cohort = load_manifest(default_cohort("lungseg", pair, seed=0))
+    test = cohort[split_by_patient(cohort, seed=0) == "test"]
+    segment_manifest(net.model, test, tmp_path / "masks", size=net.size, progress=False)
+    by_hand = score_masks(test, tmp_path / "masks", progress=False)
+    assert p["held_out_dice"] == pytest.approx(by_hand["dice"].mean())
+    assert p["held_out_dice_sd"] == pytest.approx(by_hand["dice"].std())
     assert p["cache_key"] == f"{cache_key(pair, 0)}, {cache_key(pair, 1)}"
     scores = score_on_real(net.model, net.size, sample)
     assert p["real_sample_dice"] == pytest.approx(scores["dice"].mean())
@@ -115,6 +132,7 @@ def test_an_ensemble_of_cached_members(tmp_path, monkeypatch):
     assert len(kept) == 1 and "real_sample_dice_adapted" in kept[0].read_text()
     text = provenance_text(p)
     assert "ensemble of 2 U-Nets" in text and "(0, 1)" in text and "training images each" in text
+    assert "which no member trained on" in text
     again = synthetic_unet(pair, seed=0, log=logged.append)
     assert len(logged) == 1 and not again.provenance["trained_now"]
     assert again.provenance["real_sample_dice"] == p["real_sample_dice"]

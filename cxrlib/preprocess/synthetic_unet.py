@@ -58,8 +58,9 @@ class SyntheticUnet:
         of the first member for an ensemble.
     provenance : training cohort, images, held-out synthetic Dice and IoU, real-sample Dice (or
         None when the folder is absent), the cache key(s), the member seeds and whether this call
-        trained any member. For an ensemble, ``held_out_*`` are the members' means (each on its
-        own held-out patients) and ``real_sample_*`` the ensemble's.
+        trained any member. For an ensemble, ``held_out_*`` and ``real_sample_*`` are the
+        ensemble's own (``held_out_*`` on the first member's held-out patients, which no member
+        trained on) and ``members_held_out_dice`` each member's on its own.
     weights_paths : every member's weights file.
     """
 
@@ -145,18 +146,41 @@ def weights_path(profile: str | Profile, seed: int = 0) -> Path:
             / f"synthetic-{prof.name}-s{seed}-{cache_key(prof, seed)}.pt")
 
 
-def _held_out_scores(model: UNet, manifest: pd.DataFrame, split: pd.DataFrame, size: int
-                     ) -> pd.DataFrame:
-    from cxrlib.preprocess.segmentation import score_masks, segment_manifest
+def _cohort(prof: Profile, seed: int, progress: bool) -> pd.DataFrame:
+    """The manifest of the training cohort drawn with ``seed`` (generated if not cached)."""
+    from cxrlib.data.manifest import load_manifest
+    from cxrlib.data.synthetic import default_cohort
 
-    test = manifest[manifest["image_id"].isin(split.loc[split["subset"] == "test", "image_id"])]
+    preset, knob = TRAINING_COHORT
+    return load_manifest(default_cohort(preset, prof, seed=seed, shortcut=knob,
+                                        progress=progress))
+
+
+def _held_out_scores(model: UNet | UNetEnsemble, manifest: pd.DataFrame, seed: int, size: int
+                     ) -> pd.DataFrame:
+    """Per-image Dice and IoU (:func:`cxrlib.preprocess.segmentation.score_masks`) of ``model``
+    on the held-out test patients of ``manifest`` as the U-Net of ``seed`` split them (the rows
+    with a lung mask, :func:`cxrlib.preprocess.segmentation.split_by_patient` with ``seed`` and
+    :func:`~cxrlib.preprocess.segmentation.train_unet_on_manifest`'s fractions)."""
+    from cxrlib.preprocess.segmentation import score_masks, segment_manifest, split_by_patient
+    from cxrlib.preprocess.segmentation.data import _rows_with_masks
+
+    rows = _rows_with_masks(manifest)
+    test = rows[split_by_patient(rows, seed=seed) == "test"]
     with tempfile.TemporaryDirectory() as tmp:
         segment_manifest(model, test, tmp, size=size, progress=False)
         return score_masks(test, tmp, progress=False)
 
 
-_PROVENANCE = ("n_train", "n_valid", "n_held_out", "epochs", "size", "width", "train_seconds",
-               "domain_randomisation", "held_out_dice", "held_out_dice_sd", "held_out_iou")
+def _held_out_summary(scores: pd.DataFrame) -> dict:
+    return {"n_held_out": int(len(scores)), "held_out_dice": float(scores["dice"].mean()),
+            "held_out_dice_sd": float(scores["dice"].std()),
+            "held_out_iou": float(scores["iou"].mean())}
+
+
+_HELD_OUT = ("n_held_out", "held_out_dice", "held_out_dice_sd", "held_out_iou")
+_PROVENANCE = ("n_train", "n_valid", "epochs", "size", "width", "train_seconds",
+               "domain_randomisation") + _HELD_OUT
 _REAL = ("real_sample_dir", "real_sample_n", "real_sample_dice", "real_sample_dice_sd",
          "real_sample_qc_pass", "real_sample_dice_adapted", "real_sample_dice_adapted_sd")
 
@@ -172,8 +196,6 @@ def member_seeds(seed: int, n_members: int) -> list[int]:
 
 def _member(prof: Profile, seed: int, progress: bool, log) -> tuple[UNet, Path, bool]:
     """One U-Net of the ensemble: (model, weights file, trained by this call)."""
-    from cxrlib.data.manifest import load_manifest
-    from cxrlib.data.synthetic import default_cohort
     from cxrlib.preprocess.segmentation import load_unet, read_unet_params, train_unet_on_manifest
 
     path = weights_path(prof, seed)
@@ -183,18 +205,14 @@ def _member(prof: Profile, seed: int, progress: bool, log) -> tuple[UNet, Path, 
     log(f"Training the lung U-Net on the synthetic '{preset}' cohort ({prof.name} profile, "
         f"seed {seed}); it is cached as `{path.name}` in the data folder's `cache/unet/` "
         "for later runs.")
-    manifest = load_manifest(default_cohort(preset, prof, seed=seed, shortcut=knob,
-                                            progress=progress))
+    manifest = _cohort(prof, seed, progress)
     fit = train_unet_on_manifest(manifest, path, profile=prof, epochs=prof.seg_synthetic_epochs,
                                  min_steps=prof.seg_min_steps, seed=seed, progress=progress)
-    scores = _held_out_scores(fit.model, manifest, fit.split, fit.params["size"])
+    scores = _held_out_scores(fit.model, manifest, seed, fit.params["size"])
     _update_params(path, {
         "trained_on": f"synthetic cohort '{preset}' (shortcut {knob:g}), "
                       f"{len(manifest)} images of {prof.synth_size} px",
-        "cache_key": cache_key(prof, seed), "n_held_out": int(len(scores)),
-        "held_out_dice": float(scores["dice"].mean()),
-        "held_out_dice_sd": float(scores["dice"].std()),
-        "held_out_iou": float(scores["iou"].mean())})
+        "cache_key": cache_key(prof, seed), **_held_out_summary(scores)})
     return fit.model, path, True
 
 
@@ -213,9 +231,11 @@ def synthetic_unet(profile: str | Profile = "default", seed: int = 0, progress: 
     Each member trains as notebook 01 trains on a synthetic cohort
     (:func:`cxrlib.preprocess.segmentation.train_unet_on_manifest`, patients split 70/10/20) for
     ``seg_synthetic_epochs`` epochs, with the seed of :func:`member_seeds` and the cohort drawn
-    with it; its held-out 20% gives its synthetic Dice. The real-sample Dice (without and with
-    adaptation) is computed when the folder of :func:`real_sample_dir` is present and not yet
-    scored for these weights.
+    with it; its held-out 20% gives its synthetic Dice. An ensemble is scored as a whole on the
+    first member's held-out 20%, which no member trained on. The real-sample Dice (without and
+    with adaptation) is computed when the folder of :func:`real_sample_dir` is present and not
+    yet scored for these weights. An ensemble's scores are kept in a JSON file of their own
+    beside the members' weights.
     """
     from cxrlib.gpu import DeviceSettings
     from cxrlib.preprocess.segmentation import read_unet_params
@@ -233,6 +253,13 @@ def synthetic_unet(profile: str | Profile = "default", seed: int = 0, progress: 
     else:
         scores_path = _ensemble_scores_path(paths, seed)
         recorded = json.loads(scores_path.read_text()) if scores_path.is_file() else {}
+    changed = False
+    if len(paths) > 1 and "held_out_dice" not in recorded:
+        # the ensemble scored on the first member's held-out patients, which no member trained on
+        # (each member trained on its own cohort draw): its own figure, not its members' mean
+        scores = _held_out_scores(model, _cohort(prof, seeds[0], progress), seeds[0], size)
+        recorded = {**recorded, "held_out_of_member": seeds[0], **_held_out_summary(scores)}
+        changed = True
     sample = real_sample_dir()
     if sample is not None and (recorded.get("real_sample_dir") != str(sample)
                                or "real_sample_dice_adapted" not in recorded):
@@ -241,19 +268,20 @@ def synthetic_unet(profile: str | Profile = "default", seed: int = 0, progress: 
                              **adaptation_settings(prof), seed=seed,
                              gpu=DeviceSettings.from_profile(prof)).model
         real_adapted = score_on_real(adapted, size, sample)
-        scores = {"real_sample_dir": str(sample), "real_sample_n": int(len(real)),
-                  "real_sample_dice": float(real["dice"].mean()),
-                  "real_sample_dice_sd": float(real["dice"].std()),
-                  "real_sample_qc_pass": int(real["qc_pass"].sum()),
-                  "real_sample_dice_adapted": float(real_adapted["dice"].mean()),
-                  "real_sample_dice_adapted_sd": float(real_adapted["dice"].std())}
-        recorded = {**recorded, **scores}
+        recorded = {**recorded, "real_sample_dir": str(sample), "real_sample_n": int(len(real)),
+                    "real_sample_dice": float(real["dice"].mean()),
+                    "real_sample_dice_sd": float(real["dice"].std()),
+                    "real_sample_qc_pass": int(real["qc_pass"].sum()),
+                    "real_sample_dice_adapted": float(real_adapted["dice"].mean()),
+                    "real_sample_dice_adapted_sd": float(real_adapted["dice"].std())}
+        changed = True
+    if changed:
         _write_json(scores_path, recorded)
     first = member_params[0]
     provenance = {k: first.get(k) for k in ("trained_on",) + _PROVENANCE}
     if len(members) > 1:
-        for k in ("held_out_dice", "held_out_dice_sd", "held_out_iou"):
-            provenance[k] = float(sum(p[k] for p in member_params) / len(member_params))
+        provenance.update({k: recorded[k] for k in _HELD_OUT})
+        provenance["members_held_out_dice"] = [float(p["held_out_dice"]) for p in member_params]
         provenance["train_seconds"] = float(sum(p["train_seconds"] for p in member_params))
     provenance["cache_key"] = ", ".join(str(p.get("cache_key")) for p in member_params)
     provenance["member_seeds"] = seeds
@@ -289,15 +317,18 @@ def provenance_text(provenance: dict) -> str:
            f"key{'s' if len(seeds) > 1 else ''} `{p['cache_key']}`")
     if len(seeds) == 1:
         text = ("No image of this corpus has a lung mask, so the lungs are segmented by a U-Net "
-                f"trained on the embedded {p['trained_on']} ({how}). On {p['n_held_out']} "
-                f"held-out synthetic patients it reaches Dice {p['held_out_dice']:.3f} ± "
+                f"trained on the embedded {p['trained_on']} ({how}). On the {p['n_held_out']} "
+                f"images of held-out synthetic patients it reaches Dice {p['held_out_dice']:.3f} ± "
                 f"{p['held_out_dice_sd']:.3f}. ")
     else:
         text = ("No image of this corpus has a lung mask, so the lungs are segmented by an "
                 f"ensemble of {len(seeds)} U-Nets whose lung probabilities are averaged, each "
                 f"trained with its own seed ({', '.join(map(str, seeds))}) on its own draw of the "
-                f"embedded {p['trained_on']} ({how}). On their held-out synthetic patients "
-                f"({p['n_held_out']} each) they reach Dice {p['held_out_dice']:.3f} on average. ")
+                f"embedded {p['trained_on']} ({how}). On the {p['n_held_out']} images of "
+                "held-out patients of the first member's cohort, which no member trained on, "
+                f"the ensemble reaches Dice {p['held_out_dice']:.3f} ± "
+                f"{p['held_out_dice_sd']:.3f} (each member on its own held-out patients: "
+                f"{', '.join(f'{d:.3f}' for d in p['members_held_out_dice'])}). ")
     if p.get("real_sample_dice") is not None:
         text += (f"On {p['real_sample_n']} real radiographs with radiologist masks "
                  f"(`{Path(p['real_sample_dir']).name}`) it reaches Dice "
