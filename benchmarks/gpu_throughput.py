@@ -259,10 +259,10 @@ def paper_trainings(profile, n3: int, n2: int) -> list[dict]:
     adapt = sum(min(n, P.seg_adapt_max_images) for n in (n3, n2))
     rows.append({"notebook": "01", "what": "U-Net adaptation (both corpora)",
                  "model": "unet", "network": f"U-Net {P.seg_size}px",
-                 "trainings": 2 * P.seg_ensemble,
-                 "image_steps": P.seg_ensemble * max(P.seg_adapt_epochs * adapt,
-                                                     2 * P.seg_adapt_min_steps * P.seg_batch_size),
-                 "eval_images": 3 * P.seg_ensemble * adapt,
+                 "trainings": 2 * P.seg_ensemble * P.seg_adapt_rounds,
+                 "image_steps": P.seg_ensemble * P.seg_adapt_rounds
+                 * max(P.seg_adapt_epochs * adapt, 2 * P.seg_adapt_min_steps * P.seg_batch_size),
+                 "eval_images": (2 + P.seg_adapt_rounds) * P.seg_ensemble * adapt,
                  "step_gflops": 3 * unet, "eval_gflops": unet})
     return rows
 

@@ -95,9 +95,10 @@ def real_mode(args, seed: int | None = None) -> tuple[float, float]:
                             **adaptation_settings(prof), seed=seed)
     p = adaptation.params
     print(f"adaptation to these {p['n_used']} images ({prof.name} profile): batch-norm statistics "
-          f"of {p['batch_norm_layers']} layers, then {p['epochs']} self-training epoch(s) on "
-          f"{p['n_targets']} pseudo-masks of plausibility >= {p['min_plausibility']:g} "
-          f"({time.perf_counter() - t:.0f} s)")
+          f"of {p['batch_norm_layers']} layers, then {p['rounds']} self-training round(s) of "
+          f"{'/'.join(map(str, p['epochs_per_round'])) or 0} epoch(s) on "
+          f"{'/'.join(map(str, p['n_targets_per_round'])) or 0} pseudo-masks of plausibility "
+          f">= {p['min_plausibility']:g} ({time.perf_counter() - t:.0f} s)")
     after = score_on_real(adaptation.model, size, args.real)
     keep = ["image", "dice", "iou"]
     table = before[keep].merge(after[keep], on="image", suffixes=("_synthetic", "_adapted"),

@@ -9,6 +9,7 @@ extension, under class folders named as a public set names them.
 """
 from __future__ import annotations
 
+import ast
 import json
 
 import numpy as np
@@ -145,9 +146,15 @@ def test_the_synthetic_unet_was_adapted_to_the_corpus_images(real_run):
     assert report["used"].sum() == model["adaptation_n_used"] == min(len(corpus), 64)
     used = report[report["used"]]
     assert used[["plausibility_before", "plausibility_after"]].notna().all().all()
-    # targets are exactly the plausible pseudo-masks after the batch-norm step
-    if model["adaptation_epochs"] > 0:
-        assert (used["target"] == (used["plausibility_batchnorm"] >= 0.9)).all()
+    # the first round's targets are the plausible pseudo-masks after the batch-norm step; a
+    # later round's, those of the network the round before left
+    assert (used["target"] == (used["target_rounds"] > 0)).all()
+    assert used["target_rounds"].max() <= model["adaptation_rounds"] <= 2  # smoke's rounds
+    if model["adaptation_rounds"] > 0:
+        assert (used.loc[used["plausibility_batchnorm"] >= 0.9, "target_rounds"] >= 1).all()
+    per_round = ast.literal_eval(model["adaptation_n_targets_per_round"])
+    assert len(per_round) == model["adaptation_rounds"]
+    assert used["target_rounds"].sum() == sum(per_round)
     for figure in ("segmentation_adaptation_plausibility", "segmentation_adaptation_masks"):
         assert (cohort / "figures" / f"{figure}.png").is_file()
 

@@ -146,6 +146,45 @@ def test_an_ensemble_is_adapted_member_by_member_on_its_own_pseudo_masks(monkeyp
     assert result.params["n_targets"] == 6
 
 
+def test_each_round_trains_on_the_pseudo_masks_of_the_round_before(monkeypatch):
+    from cxrlib.preprocess import segmentation_adaptation
+
+    calls, returned = [], []
+    real_train = segmentation_adaptation.train_unet
+
+    def recording_train(images, masks, *args, **kwargs):
+        calls.append((masks.copy(), kwargs["seed"], kwargs["init"]))
+        out = real_train(images, masks, *args, **kwargs)
+        returned.append(out[0])
+        return out
+
+    monkeypatch.setattr(segmentation_adaptation, "train_unet", recording_train)
+    model = _unet()
+    prepared = np.stack([prepare_unet_input(im, 32) for im in _images(6)])
+    result = adapt_unet(model, _images(6), 32, epochs=1, min_plausibility=0.0, rounds=3,
+                        batch_size=2, lr=1e-2, seed=5)
+    assert [seed for _, seed, _ in calls] == [5, 6, 7]
+    # round 1 from the batch-norm-adapted network's masks, then each from the round before's
+    first, _ = pseudo_masks(reestimate_batchnorm(model, prepared), prepared)
+    np.testing.assert_array_equal(calls[0][0], first)
+    for r in (1, 2):
+        assert calls[r][2] is returned[r - 1]
+        np.testing.assert_array_equal(calls[r][0], pseudo_masks(returned[r - 1], prepared)[0])
+    assert result.model is returned[-1]
+    _, final = pseudo_masks(returned[-1], prepared)
+    np.testing.assert_allclose(result.report["plausibility_after"], final)
+    assert (result.report["target_rounds"] == 3).all() and result.report["target"].all()
+    p = result.params
+    assert p["rounds"] == 3 and p["n_targets_per_round"] == [6, 6, 6]
+    assert p["epochs_per_round"] == [1, 1, 1] and p["n_targets"] == 6
+    assert "in 3 rounds" in adaptation_text(result) and "6, 6, 6 of them" in adaptation_text(result)
+    # with no plausible mask there is no round to run
+    none = adapt_unet(model, _images(4), 32, epochs=1, min_plausibility=1.0, rounds=3)
+    assert none.params["rounds"] == 0 and none.params["n_targets_per_round"] == []
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        adapt_unet(model, _images(2), 32, rounds=0)
+
+
 def test_min_steps_raises_the_epochs_on_a_small_corpus():
     """6 targets in batches of 4: one step per epoch (the partial batch is dropped), so 5 steps
     take 5 epochs; with 100 targets 25 steps an epoch, 1 epoch is already enough."""
@@ -192,8 +231,9 @@ def test_the_adaptation_reads_images_and_never_a_mask(cohort, monkeypatch):
 
 def test_profile_settings_and_figures(cohort):
     settings = adaptation_settings("default")
-    assert settings["epochs"] == 3 and settings["lr"] == pytest.approx(3e-4)
+    assert settings["epochs"] == 1 and settings["lr"] == pytest.approx(3e-4)
     assert settings["min_steps"] == 30 and adaptation_settings("smoke")["min_steps"] == 0
+    assert settings["rounds"] == 3 and adaptation_settings("paper")["rounds"] == 1
     assert "rotation" in settings["domain_randomisation"]
     assert settings["loss"] == "bce+dice" and adaptation_settings("paper")["loss"] == "bce"
     images = [ManifestImages(cohort, cohort.attrs["data_root"])[i] for i in range(3)]

@@ -83,6 +83,23 @@ def test_trained_once_then_read_from_the_cache(tmp_path, monkeypatch):
     text = provenance_text(again.provenance)
     assert "read from the cache" in text and "2 real radiographs" in text
 
+    # the adapted score belongs to the adaptation it was measured with: another is re-measured
+    # (same weights: the adaptation settings are not in the cache key)
+    from cxrlib.preprocess import segmentation_adaptation
+
+    adapted = []
+    real_adapt = segmentation_adaptation.adapt_unet
+    monkeypatch.setattr(segmentation_adaptation, "adapt_unet",
+                        lambda *a, **k: adapted.append(k["rounds"]) or real_adapt(*a, **k))
+    synthetic_unet(TINY, seed=0, log=logged.append)
+    assert adapted == []
+    rounds = TINY.with_overrides(seg_adapt_rounds=TINY.seg_adapt_rounds + 1)
+    assert weights_path(rounds, 0) == first.weights_path
+    synthetic_unet(rounds, seed=0, log=logged.append)
+    assert adapted == [TINY.seg_adapt_rounds + 1] and len(logged) == 1
+    recorded = read_unet_params(first.weights_path)["real_sample_adaptation"]
+    assert recorded["rounds"] == TINY.seg_adapt_rounds + 1
+
     monkeypatch.setenv("CXR_REAL_SAMPLE", "")
     without = synthetic_unet(TINY, seed=0, log=logged.append)
     assert without.provenance["real_sample_dice"] is None

@@ -11,7 +11,11 @@ close part of the gap:
    whose anatomical plausibility (:func:`cxrlib.preprocess.lung_plausibility.plausibility`) is at
    least ``min_plausibility`` become training targets, and the network is fine-tuned on them for a
    few epochs with the same domain randomisation as its synthetic training. Masks the QC would
-   doubt never become targets, so the network is not taught its own failures.
+   doubt never become targets, so the network is not taught its own failures. With ``rounds``
+   above 1 this repeats, each round on the pseudo-masks of the network the last round left
+   (iterative self-training, as in Zou et al. 2018's class-balanced self-training and Xie et
+   al. 2020's noisy student): better masks make better targets, and an image whose mask was
+   implausible at first can become one.
 
 Only images go in: :func:`adapt_unet` takes arrays of pixels, and nothing here reads a file. The
 report says, per image, the plausibility of its mask before and after, and whether it was a target.
@@ -95,6 +99,7 @@ class Adaptation:
     report : one row per image given: ``index`` (position in the input list), ``used``
         (in the adaptation sample), ``plausibility_before`` (synthetic U-Net),
         ``plausibility_batchnorm`` (after step 1), ``target`` (a pseudo-mask used in step 2),
+        ``target_rounds`` (in how many self-training rounds it was one),
         ``plausibility_after`` (adapted U-Net); plausibility is NaN for images outside the sample.
     params : settings, counts and seconds.
     """
@@ -106,7 +111,7 @@ class Adaptation:
 
 def adapt_unet(model: UNet, images: list[np.ndarray], size: int, epochs: int = 3,
                min_steps: int = 0, min_plausibility: float = 0.9, max_images: int = 600,
-               batch_size: int = 8,
+               rounds: int = 1, batch_size: int = 8,
                lr: float = 3e-4, domain_randomisation: tuple = (), loss: str = "bce",
                seed: int = 0,
                progress: bool = False, gpu: DeviceSettings | None = None) -> Adaptation:
@@ -117,16 +122,19 @@ def adapt_unet(model: UNet, images: list[np.ndarray], size: int, epochs: int = 3
     model : the U-Net to adapt (left unchanged; the result is a copy), or a
         :class:`cxrlib.models.unet.UNetEnsemble`: the batch-norm statistics of every member are
         re-estimated, the pseudo-masks are the ensemble's, and each member is self-trained on
-        them (member ``k`` with seed ``seed + k``).
+        them (member ``k`` of ``n`` with seed ``seed + r * n + k`` in round ``r``, from 0).
     images : the corpus's radiographs, float arrays (H_i, W_i) in [0, 1]; pixels only.
     size : the network's input side in pixels.
-    epochs : self-training epochs (0: batch-norm re-estimation only).
-    min_steps : fewest self-training optimiser steps: with few targets the epochs are raised
-        to reach them (:func:`cxrlib.preprocess.segmentation.epochs_for_min_steps`); not when
-        ``epochs`` is 0.
+    epochs : self-training epochs of each round (0: batch-norm re-estimation only).
+    min_steps : fewest self-training optimiser steps of each round: with few targets the epochs
+        are raised to reach them (:func:`cxrlib.preprocess.segmentation.epochs_for_min_steps`);
+        not when ``epochs`` is 0.
     min_plausibility : lowest plausibility of a pseudo-mask kept as a target.
     max_images : most images used (a random sample, drawn with ``seed``); the rest are only
         reported.
+    rounds : self-training rounds; each takes its targets from the pseudo-masks of the network
+        the round before left (the first from the batch-norm-adapted one). A round with fewer
+        than 2 targets ends the self-training.
     batch_size, lr : self-training batch and peak learning rate (one-cycle schedule).
     domain_randomisation : changes drawn on the targets
         (:mod:`cxrlib.preprocess.domain_randomisation`).
@@ -140,6 +148,8 @@ def adapt_unet(model: UNet, images: list[np.ndarray], size: int, epochs: int = 3
         raise ValueError("no images to adapt the U-Net to")
     if not 0.0 <= min_plausibility <= 1.0:
         raise ValueError(f"min_plausibility must be in [0, 1], got {min_plausibility!r}")
+    if int(rounds) < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds!r}")
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     n = len(images)
@@ -148,36 +158,42 @@ def adapt_unet(model: UNet, images: list[np.ndarray], size: int, epochs: int = 3
     _, before = pseudo_masks(model, prepared)
     adapted = reestimate_batchnorm(model, prepared)
     masks, after_bn = pseudo_masks(adapted, prepared)
-    target = after_bn >= min_plausibility
-    trained = epochs > 0 and target.sum() >= 2
-    if trained:
+    after, target_rounds, n_targets, round_epochs = after_bn, np.zeros(len(used), int), [], []
+    for r in range(int(rounds) if epochs > 0 else 0):
+        target = after >= min_plausibility
+        if target.sum() < 2:
+            break
         keep = np.flatnonzero(target)
-        batch_size = min(int(batch_size), len(keep))
-        epochs = epochs_for_min_steps(epochs, len(keep), batch_size, min_steps)
+        round_batch = min(int(batch_size), len(keep))
+        round_epochs.append(int(epochs_for_min_steps(epochs, len(keep), round_batch, min_steps)))
         # an ensemble's members each learn from the ensemble's pseudo-masks (better targets
         # than any member's own), with seeds of their own
         members = adapted.members if isinstance(adapted, UNetEnsemble) else [adapted]
         trained_members = [train_unet(
-            prepared[keep], masks[keep], prepared[keep], masks[keep], epochs=int(epochs),
-            batch_size=batch_size, lr=lr, augment=True,
-            domain_randomisation=domain_randomisation, loss=loss, seed=seed + k,
-            progress=progress, init=member, gpu=gpu)[0] for k, member in enumerate(members)]
+            prepared[keep], masks[keep], prepared[keep], masks[keep], epochs=round_epochs[-1],
+            batch_size=round_batch, lr=lr, augment=True,
+            domain_randomisation=domain_randomisation, loss=loss,
+            seed=seed + r * len(members) + k, progress=progress, init=member, gpu=gpu)[0]
+            for k, member in enumerate(members)]
         adapted = (UNetEnsemble(trained_members) if isinstance(adapted, UNetEnsemble)
                    else trained_members[0])
-        _, after = pseudo_masks(adapted, prepared)
-    else:
-        after = after_bn
+        target_rounds += target
+        n_targets.append(int(target.sum()))
+        masks, after = pseudo_masks(adapted, prepared)
     report = pd.DataFrame({"index": np.arange(n), "used": False, "plausibility_before": np.nan,
                            "plausibility_batchnorm": np.nan, "target": False,
-                           "plausibility_after": np.nan})
+                           "target_rounds": 0, "plausibility_after": np.nan})
     report.loc[used, "used"] = True
     report.loc[used, "plausibility_before"] = before
     report.loc[used, "plausibility_batchnorm"] = after_bn
-    report.loc[used, "target"] = target & trained
+    report.loc[used, "target"] = target_rounds > 0
+    report.loc[used, "target_rounds"] = target_rounds
     report.loc[used, "plausibility_after"] = after
     params = {"n_images": n, "n_used": int(len(used)),
-              "n_targets": int(target.sum()) if trained else 0,
-              "epochs": int(epochs) if trained else 0, "min_steps": int(min_steps),
+              "n_targets": n_targets[0] if n_targets else 0,
+              "rounds": len(n_targets), "n_targets_per_round": n_targets,
+              "epochs_per_round": round_epochs,
+              "epochs": round_epochs[0] if round_epochs else 0, "min_steps": int(min_steps),
               "min_plausibility": float(min_plausibility),
               "lr": float(lr), "batch_norm_layers": _n_batchnorm(model),
               "domain_randomisation": list(domain_randomisation), "loss": loss,
@@ -211,14 +227,15 @@ class ManifestImages:
 def adaptation_settings(profile: str | Profile) -> dict:
     """The keyword arguments of :func:`adapt_unet` that a profile sets: ``epochs`` =
     ``seg_adapt_epochs``, ``min_steps`` = ``seg_adapt_min_steps``, ``min_plausibility`` =
-    ``seg_adapt_min_plausibility``, ``max_images`` =
-    ``seg_adapt_max_images``, ``batch_size`` = ``seg_batch_size``, ``domain_randomisation`` =
+    ``seg_adapt_min_plausibility``, ``max_images`` = ``seg_adapt_max_images``, ``rounds`` =
+    ``seg_adapt_rounds``, ``batch_size`` = ``seg_batch_size``, ``domain_randomisation`` =
     ``seg_domain_randomisation``, ``loss`` = ``seg_loss`` and ``lr`` a tenth of ``seg_lr``
     (fine-tuning, not training)."""
     prof = get_profile(profile)
     return dict(epochs=prof.seg_adapt_epochs, min_steps=prof.seg_adapt_min_steps,
                 min_plausibility=prof.seg_adapt_min_plausibility,
-                max_images=prof.seg_adapt_max_images, batch_size=prof.seg_batch_size,
+                max_images=prof.seg_adapt_max_images, rounds=prof.seg_adapt_rounds,
+                batch_size=prof.seg_batch_size,
                 lr=prof.seg_lr / 10, domain_randomisation=prof.seg_domain_randomisation,
                 loss=prof.seg_loss)
 
@@ -305,9 +322,17 @@ def adaptation_text(adaptation: Adaptation) -> str:
                ("plausibility_before", "plausibility_batchnorm", "plausibility_after")]
     bn = (f"re-estimated the batch-norm statistics of its {p['batch_norm_layers']} layers on them"
           if p["batch_norm_layers"] else "has no batch normalisation to re-estimate")
-    st = (f"then trained it for {p['epochs']} epoch(s) on the {p['n_targets']} pseudo-masks of "
-          f"plausibility at least {p['min_plausibility']:g}" if p["epochs"] else
-          "did no self-training (too few plausible pseudo-masks, or no self-training epochs)")
+    rounds = p.get("rounds", 1 if p["epochs"] else 0)
+    if rounds > 1:
+        st = (f"then trained it in {rounds} rounds, each on the pseudo-masks of plausibility at "
+              f"least {p['min_plausibility']:g} that the network of the round before drew "
+              f"({', '.join(map(str, p['n_targets_per_round']))} of them; "
+              f"{', '.join(map(str, p['epochs_per_round']))} epoch(s))")
+    elif p["epochs"]:
+        st = (f"then trained it for {p['epochs']} epoch(s) on the {p['n_targets']} pseudo-masks "
+              f"of plausibility at least {p['min_plausibility']:g}")
+    else:
+        st = "did no self-training (too few plausible pseudo-masks, or no self-training epochs)"
     return (f"**Adaptation to this corpus** (images only, no mask read): the U-Net saw "
             f"{p['n_used']} of the {p['n_images']} images, {bn}, and {st} ({p['seconds']:.0f} s). "
             f"Masks with a plausible shape (plausibility ≥ 0.5, the lung-fraction rule at "

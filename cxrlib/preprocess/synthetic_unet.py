@@ -261,14 +261,17 @@ def synthetic_unet(profile: str | Profile = "default", seed: int = 0, progress: 
         recorded = {**recorded, "held_out_of_member": seeds[0], **_held_out_summary(scores)}
         changed = True
     sample = real_sample_dir()
+    # the adapted score holds for the adaptation it was measured with: a new one is re-measured
+    settings = json.loads(json.dumps(adaptation_settings(prof)))
     if sample is not None and (recorded.get("real_sample_dir") != str(sample)
-                               or "real_sample_dice_adapted" not in recorded):
+                               or recorded.get("real_sample_adaptation") != settings):
         real = score_on_real(model, size, sample)
         adapted = adapt_unet(model, [read_image(p) for _, p, _ in real_pairs(sample)], size,
                              **adaptation_settings(prof), seed=seed,
                              gpu=DeviceSettings.from_profile(prof)).model
         real_adapted = score_on_real(adapted, size, sample)
         recorded = {**recorded, "real_sample_dir": str(sample), "real_sample_n": int(len(real)),
+                    "real_sample_adaptation": settings,
                     "real_sample_dice": float(real["dice"].mean()),
                     "real_sample_dice_sd": float(real["dice"].std()),
                     "real_sample_qc_pass": int(real["qc_pass"].sum()),
