@@ -127,6 +127,7 @@ def test_the_synthetic_unet_segmented_the_corpus(real_run):
     if real_sample_dir() is not None:
         assert 0 < model.loc[0, "real_sample_dice"] <= 1
         assert 0 < model.loc[0, "real_sample_dice_adapted"] <= 1
+        assert model.loc[0, "real_sample_dir"] == real_sample_dir().name  # no machine path
     qc = pd.read_csv(cohort / "artifacts" / "segmentation_qc.csv")
     corpus = load_manifest(real_run["manifests"] / "mine.csv")
     assert set(qc["image_id"]) == set(corpus["image_id"])

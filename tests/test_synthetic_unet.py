@@ -71,6 +71,7 @@ def test_trained_once_then_read_from_the_cache(tmp_path, monkeypatch):
     # scored on the patients the training held out (the same split, recomputed)
     assert p["n_held_out"] == read_unet_params(first.weights_path)["n_test"]
     assert p["real_sample_n"] == 2 and 0 <= p["real_sample_dice"] <= 1
+    assert p["real_sample_dir"] == "sample"  # the folder's name, not the machine's path
     scores = score_on_real(first.model, first.size, sample)
     assert scores["dice"].mean() == pytest.approx(p["real_sample_dice"])
     assert list(scores["image"]) == ["a", "b"] and scores.loc[1, "height"] == 50

@@ -57,10 +57,11 @@ class SyntheticUnet:
     weights_path : the cached weights file (its training parameters in the ``.json`` beside it);
         of the first member for an ensemble.
     provenance : training cohort, images, held-out synthetic Dice and IoU, real-sample Dice (or
-        None when the folder is absent), the cache key(s), the member seeds and whether this call
-        trained any member. For an ensemble, ``held_out_*`` and ``real_sample_*`` are the
-        ensemble's own (``held_out_*`` on the first member's held-out patients, which no member
-        trained on) and ``members_held_out_dice`` each member's on its own.
+        None when the folder is absent; ``real_sample_dir`` is the folder's name), the cache
+        key(s), the member seeds and whether this call trained any member. For an ensemble,
+        ``held_out_*`` and ``real_sample_*`` are the ensemble's own (``held_out_*`` on the first
+        member's held-out patients, which no member trained on) and ``members_held_out_dice``
+        each member's on its own.
     weights_paths : every member's weights file.
     """
 
@@ -289,6 +290,8 @@ def synthetic_unet(profile: str | Profile = "default", seed: int = 0, progress: 
     provenance["cache_key"] = ", ".join(str(p.get("cache_key")) for p in member_params)
     provenance["member_seeds"] = seeds
     provenance.update({k: (recorded.get(k) if sample is not None else None) for k in _REAL})
+    if sample is not None:  # the folder's name: tables and reports hold no path of the machine
+        provenance["real_sample_dir"] = sample.name
     provenance["trained_now"] = any(now for _, _, now in members)
     return SyntheticUnet(model=model, size=size, weights_path=paths[0], provenance=provenance,
                          weights_paths=tuple(paths))
@@ -334,7 +337,7 @@ def provenance_text(provenance: dict) -> str:
                 f"{', '.join(f'{d:.3f}' for d in p['members_held_out_dice'])}). ")
     if p.get("real_sample_dice") is not None:
         text += (f"On {p['real_sample_n']} real radiographs with radiologist masks "
-                 f"(`{Path(p['real_sample_dir']).name}`) it reaches Dice "
+                 f"(`{p['real_sample_dir']}`) it reaches Dice "
                  f"{p['real_sample_dice']:.3f} ± {p['real_sample_dice_sd']:.3f} "
                  f"({p['real_sample_qc_pass']} of {p['real_sample_n']} pass the QC), and "
                  f"{p['real_sample_dice_adapted']:.3f} ± {p['real_sample_dice_adapted_sd']:.3f} "
