@@ -13,7 +13,7 @@ from cxrlib.data.images import read_mask
 from cxrlib.data.manifest import validate_manifest
 from cxrlib.models import UNet
 from cxrlib.preprocess.segmentation import (
-    dice_score, iou_score, load_unet, lung_qc, postprocess_mask,
+    dice_score, has_lung_mask, iou_score, load_unet, lung_qc, postprocess_mask, rows_with_masks,
     prepare_unet_input, read_unet_params, reference_scores, save_unet, score_masks, scores_table,
     segment_manifest, split_by_patient, summarise_scores, train_unet, train_unet_on_manifest,
     worst_cases,
@@ -308,6 +308,17 @@ def tiny_cohort(tmp_path):
     manifest = validate_manifest(pd.DataFrame(rows), data_root=root)
     manifest.attrs["data_root"] = str(root)
     return manifest
+
+
+def test_which_rows_have_a_lung_mask():
+    manifest = pd.DataFrame({"image_id": list("abcde"),
+                             "lung_mask_path": ["m/a.png", None, "", "  ", "m/e.png"]})
+    assert has_lung_mask(manifest).tolist() == [True, False, False, False, True]
+    assert rows_with_masks(manifest)["image_id"].tolist() == ["a", "e"]
+    no_column = manifest.drop(columns="lung_mask_path")
+    assert not has_lung_mask(no_column).any() and len(has_lung_mask(no_column)) == 5
+    with pytest.raises(ValueError, match="no 'lung_mask_path' column"):
+        rows_with_masks(no_column)
 
 
 def test_split_by_patient_keeps_each_patient_in_one_subset(tiny_cohort):

@@ -163,10 +163,11 @@ def _held_out_scores(model: UNet | UNetEnsemble, manifest: pd.DataFrame, seed: i
     on the held-out test patients of ``manifest`` as the U-Net of ``seed`` split them (the rows
     with a lung mask, :func:`cxrlib.preprocess.segmentation.split_by_patient` with ``seed`` and
     :func:`~cxrlib.preprocess.segmentation.train_unet_on_manifest`'s fractions)."""
-    from cxrlib.preprocess.segmentation import score_masks, segment_manifest, split_by_patient
-    from cxrlib.preprocess.segmentation.data import _rows_with_masks
+    from cxrlib.preprocess.segmentation import (
+        rows_with_masks, score_masks, segment_manifest, split_by_patient,
+    )
 
-    rows = _rows_with_masks(manifest)
+    rows = rows_with_masks(manifest)
     test = rows[split_by_patient(rows, seed=seed) == "test"]
     with tempfile.TemporaryDirectory() as tmp:
         segment_manifest(model, test, tmp, size=size, progress=False)

@@ -32,7 +32,8 @@ Modules (every public name is re-exported here):
 
 - :mod:`~cxrlib.preprocess.segmentation.data`: the network's input (:func:`prepare_unet_input`,
   :func:`normalise_unet_input`), the (image, mask) pairs of a manifest
-  (:func:`load_segmentation_pairs`), the split by patient (:func:`split_by_patient`), the
+  (:func:`load_segmentation_pairs`; which rows have a mask, :func:`has_lung_mask`,
+  :func:`rows_with_masks`), the split by patient (:func:`split_by_patient`), the
   training dataset and its augmentation (:data:`AUGMENTATION`);
 - :mod:`~cxrlib.preprocess.segmentation.training`: :func:`train_unet`,
   :func:`train_unet_on_manifest` and what it returns, :class:`SegmenterFit`,
@@ -51,8 +52,8 @@ Modules (every public name is re-exported here):
   (:func:`training_curves_figure`, :func:`mask_cases_figure`).
 """
 from .data import (
-    AUGMENTATION, load_segmentation_pairs, normalise_unet_input, prepare_unet_input,
-    split_by_patient,
+    AUGMENTATION, has_lung_mask, load_segmentation_pairs, normalise_unet_input,
+    prepare_unet_input, rows_with_masks, split_by_patient,
 )
 from .figures import mask_cases_figure, training_curves_figure
 from .inference import (
@@ -67,7 +68,7 @@ from .weights import load_unet, read_unet_params, save_unet
 
 __all__ = [
     "AUGMENTATION", "prepare_unet_input", "normalise_unet_input", "load_segmentation_pairs",
-    "split_by_patient",
+    "split_by_patient", "has_lung_mask", "rows_with_masks",
     "train_unet", "train_unet_on_manifest", "SegmenterFit", "epochs_for_min_steps",
     "save_unet", "load_unet", "read_unet_params",
     "predict_lung_probability", "postprocess_mask", "segment_images", "lung_qc",

@@ -23,7 +23,7 @@ from cxrlib.preprocess.domain_randomisation import check_changes, randomise
 from cxrlib.preprocess.views import _equalize_hist, resize_image, resize_mask
 
 __all__ = ["AUGMENTATION", "prepare_unet_input", "normalise_unet_input",
-           "load_segmentation_pairs", "split_by_patient"]
+           "load_segmentation_pairs", "split_by_patient", "has_lung_mask", "rows_with_masks"]
 
 #: Augmentation of the reference implementation (Keras ImageDataGenerator arguments).
 AUGMENTATION = {"rotation_deg": 10.0, "shift": 0.1, "zoom": 0.2}
@@ -60,12 +60,21 @@ def normalise_unet_input(image: np.ndarray) -> np.ndarray:
     return ((eq - eq.mean()) / (sd if sd > 0 else 1.0)).astype(np.float32)
 
 
-def _rows_with_masks(manifest: pd.DataFrame) -> pd.DataFrame:
+def has_lung_mask(manifest: pd.DataFrame) -> pd.Series:
+    """Bool Series (the manifest's index): the row names a lung mask (``lung_mask_path`` neither
+    missing nor blank); all False when the manifest has no ``lung_mask_path`` column."""
+    if "lung_mask_path" not in manifest.columns:
+        return pd.Series(False, index=manifest.index, name="has_lung_mask")
+    paths = manifest["lung_mask_path"]
+    return (paths.notna() & paths.astype(str).str.strip().ne("")).rename("has_lung_mask")
+
+
+def rows_with_masks(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The manifest's rows with a lung mask (:func:`has_lung_mask`); an error when the manifest
+    has no ``lung_mask_path`` column at all."""
     if "lung_mask_path" not in manifest.columns:
         raise ValueError("the manifest has no 'lung_mask_path' column: no lung masks to train on")
-    paths = manifest["lung_mask_path"]
-    has = paths.notna() & paths.astype(str).str.strip().ne("")
-    return manifest[has]
+    return manifest[has_lung_mask(manifest)]
 
 
 def load_segmentation_pairs(
@@ -85,7 +94,7 @@ def load_segmentation_pairs(
     masks : bool (N, size, size), the masks resized the same way (area-averaged, >= 0.5).
     """
     root = data_root_of(manifest, data_root)
-    with_mask = _rows_with_masks(manifest)
+    with_mask = rows_with_masks(manifest)
     if len(with_mask) != len(manifest):
         missing = manifest.index.difference(with_mask.index)
         raise ValueError(f"{len(missing)} row(s) have no lung_mask_path, e.g. image_id "

@@ -16,7 +16,7 @@ from cxrlib.preprocess.lung_plausibility import (
 )
 from cxrlib.preprocess.views import mask_file_name
 
-from .data import _rows_with_masks
+from .data import rows_with_masks
 
 __all__ = ["dice_score", "iou_score", "score_masks", "summarise_scores", "worst_cases",
            "reference_scores", "scores_table", "qc_summary", "qc_flag_reasons"]
@@ -58,7 +58,7 @@ def score_masks(
     """
     root = data_root_of(manifest, data_root)
     masks_dir = Path(masks_dir)
-    rows = _rows_with_masks(manifest)
+    rows = rows_with_masks(manifest)
     records = []
     for rec in tqdm(rows.itertuples(index=False), total=len(rows), desc="scoring",
                     disable=not progress):

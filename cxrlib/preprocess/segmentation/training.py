@@ -21,7 +21,7 @@ from cxrlib.preprocess.domain_randomisation import check_changes
 from cxrlib.profiles import Profile, get_profile
 
 from .data import (
-    AUGMENTATION, _LungDataset, _rows_with_masks, load_segmentation_pairs, split_by_patient,
+    AUGMENTATION, _LungDataset, rows_with_masks, load_segmentation_pairs, split_by_patient,
 )
 from .weights import save_unet
 
@@ -277,7 +277,7 @@ def train_unet_on_manifest(
     loss = str(loss if loss is not None else prof.seg_loss)
     unet_loss(loss)  # an unknown name fails before the images are read
     gpu = DeviceSettings.from_profile(prof) if gpu is None else gpu
-    rows = _rows_with_masks(manifest)
+    rows = rows_with_masks(manifest)
     if rows.empty:
         raise ValueError("no manifest row has a lung_mask_path: nothing to train the U-Net on")
     subset = split_by_patient(rows, valid_size=valid_size, test_size=test_size, seed=seed)
