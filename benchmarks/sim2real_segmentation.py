@@ -14,8 +14,11 @@ then the same U-Net adapted to DIR's images
 batch-norm statistics, then self-training on plausible pseudo-masks; it reads the images only,
 never DIR/masks). Printed: per-image Dice and IoU without and with adaptation (scored against the
 masks at the mask's resolution), mean ± sd of each, and, as the last line, the mean Dice of the
-default pipeline (synthetic training + adaptation). The papers' U-Net reaches 0.985 (JSRT) and
-0.972 (Montgomery) when trained on real masks of the same sets.
+default pipeline (synthetic training + adaptation). When DIR is the folder the synthetic U-Net was
+scored on (:func:`cxrlib.preprocess.synthetic_unet.real_sample_dir`), the per-image table recorded
+with it for the profile's adaptation settings is printed rather than adapted a second time
+(:func:`cxrlib.preprocess.synthetic_unet.score_on_real_adapted` either way). The papers' U-Net
+reaches 0.985 (JSRT) and 0.972 (Montgomery) when trained on real masks of the same sets.
 
 ``--real DIR --seeds 0,1,2``: the same for the segmenter of each study seed (each trained and
 cached like the default one; with the profile's ``seg_ensemble`` above 1, an ensemble whose members
@@ -51,31 +54,36 @@ import pandas as pd
 import torch
 
 from cxrlib.preprocess.domain_randomisation import CHANGES
-from cxrlib.data.images import read_image
 from cxrlib.paths import data_dir
 from cxrlib.profiles import get_profile
 from cxrlib.preprocess.segmentation import (
     load_unet, read_unet_params, score_masks, segment_manifest, train_unet_on_manifest,
 )
-from cxrlib.preprocess.segmentation_adaptation import (
-    adapt_unet, adapt_unet_to_manifest, adaptation_settings,
+from cxrlib.preprocess.segmentation_adaptation import adapt_unet_to_manifest
+from cxrlib.preprocess.synthetic_unet import (
+    real_pairs, real_sample_dir, score_on_real, score_on_real_adapted, synthetic_unet,
 )
-from cxrlib.preprocess.synthetic_unet import real_pairs, score_on_real, synthetic_unet
 
 
 def _model(args, seed: int | None = None):
-    """(model, size, description) of ``--weights`` or of the profile's synthetic U-Net trained
-    with ``seed`` (default ``--seed``)."""
+    """(model, size, description, recorded) of ``--weights`` or of the profile's synthetic U-Net
+    trained with ``seed`` (default ``--seed``); ``recorded`` is the synthetic U-Net's per-image
+    real-sample table and adaptation params when they were measured on ``--real`` (else None)."""
     if args.weights:
         return (load_unet(args.weights), int(read_unet_params(args.weights)["size"]),
-                str(args.weights))
+                str(args.weights), None)
     seed = args.seed if seed is None else seed
     net = synthetic_unet(args.profile, seed=seed, progress=not args.quiet)
     p = net.provenance
     names = ", ".join(path.name for path in net.weights_paths)
     what = (f"synthetic U-Net {names}" if len(net.weights_paths) == 1 else
             f"ensemble of {len(net.weights_paths)} synthetic U-Nets ({names})")
-    return net.model, net.size, f"{what} (held-out synthetic Dice {p['held_out_dice']:.3f})"
+    sample = real_sample_dir()
+    recorded = (None if net.real_sample is None or args.real is None
+                or Path(args.real).resolve() != sample.resolve()
+                else (net.real_sample, net.real_sample_adaptation))
+    return (net.model, net.size, f"{what} (held-out synthetic Dice {p['held_out_dice']:.3f})",
+            recorded)
 
 
 def _mean_sd(values: pd.Series) -> str:
@@ -86,30 +94,30 @@ def real_mode(args, seed: int | None = None) -> tuple[float, float]:
     """Per-image scores of one U-Net before and after adaptation; returns both mean Dice."""
     seed = args.seed if seed is None else seed
     pairs = real_pairs(args.real)  # fails early when the folder is incomplete
-    model, size, what = _model(args, seed)
+    model, size, what, recorded = _model(args, seed)
     prof = get_profile(args.profile)
     print(f"real images: {len(pairs)} from {args.real}; {what}, input {size} px")
-    before = score_on_real(model, size, args.real)
-    t = time.perf_counter()
-    adaptation = adapt_unet(model, [read_image(p) for _, p, _ in pairs], size,
-                            **adaptation_settings(prof), seed=seed)
-    p = adaptation.params
-    print(f"adaptation to these {p['n_used']} images ({prof.name} profile): batch-norm statistics "
-          f"of {p['batch_norm_layers']} layers, then {p['rounds']} self-training round(s) of "
-          f"{'/'.join(map(str, p['epochs_per_round'])) or 0} epoch(s) on "
+    if recorded is None:
+        table, p = score_on_real_adapted(model, size, args.real, prof, seed)
+        when = "now"
+    else:  # measured by synthetic_unet on this folder with these settings: not done again
+        table, p = recorded
+        when = "recorded with the U-Net"
+    print(f"adaptation to these {p['n_used']} images ({prof.name} profile, {when}): batch-norm "
+          f"statistics of {p['batch_norm_layers']} layers, then {p['rounds']} self-training "
+          f"round(s) of {'/'.join(map(str, p['epochs_per_round'])) or 0} epoch(s) on "
           f"{'/'.join(map(str, p['n_targets_per_round'])) or 0} pseudo-masks of plausibility "
-          f">= {p['min_plausibility']:g} ({time.perf_counter() - t:.0f} s)")
-    after = score_on_real(adaptation.model, size, args.real)
-    keep = ["image", "dice", "iou"]
-    table = before[keep].merge(after[keep], on="image", suffixes=("_synthetic", "_adapted"),
-                               validate="one_to_one")
-    table["image"] = table["image"].str[:40]
-    print(table.to_string(index=False, float_format="%.3f"))
-    print(f"synthetic U-Net: Dice {_mean_sd(before['dice'])}, IoU {_mean_sd(before['iou'])}")
-    print(f"adapted:         Dice {_mean_sd(after['dice'])}, IoU {_mean_sd(after['iou'])}")
+          f">= {p['min_plausibility']:g} ({p['seconds']:.0f} s)")
+    shown = table[["image", "dice", "iou", "dice_adapted", "iou_adapted"]].rename(
+        columns={"dice": "dice_synthetic", "iou": "iou_synthetic"})
+    shown["image"] = shown["image"].str[:40]
+    print(shown.to_string(index=False, float_format="%.3f"))
+    print(f"synthetic U-Net: Dice {_mean_sd(table['dice'])}, IoU {_mean_sd(table['iou'])}")
+    print(f"adapted:         Dice {_mean_sd(table['dice_adapted'])}, "
+          f"IoU {_mean_sd(table['iou_adapted'])}")
     print(f"mean Dice of the default pipeline (synthetic training + adaptation): "
-          f"{after['dice'].mean():.3f}")
-    return float(before["dice"].mean()), float(after["dice"].mean())
+          f"{table['dice_adapted'].mean():.3f}")
+    return float(table["dice"].mean()), float(table["dice_adapted"].mean())
 
 
 def seeds_mode(args) -> None:
@@ -177,7 +185,7 @@ def corpus_mode(args) -> None:
 
     manifest = load_manifest(args.corpus)
     root = data_root_of(manifest)
-    model, size, what = _model(args)
+    model, size, what, _ = _model(args)
     print(f"corpus: {len(manifest)} images from {args.corpus}; {what}")
     counts = []
     for label, net in (("synthetic U-Net", model), ("adapted", None)):

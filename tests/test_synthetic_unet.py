@@ -1,5 +1,6 @@
 """The U-Net for corpora without masks: trained once on the synthetic cohort, cached, provenance."""
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -74,11 +75,18 @@ def test_trained_once_then_read_from_the_cache(tmp_path, monkeypatch):
     assert p["real_sample_dir"] == "sample"  # the folder's name, not the machine's path
     scores = score_on_real(first.model, first.size, sample)
     assert scores["dice"].mean() == pytest.approx(p["real_sample_dice"])
+    # the per-image table behind the real-sample figures is kept with them
+    table = first.real_sample
+    assert list(table["image"]) == ["a", "b"]
+    assert table["dice"].tolist() == pytest.approx(scores["dice"].tolist())
+    assert table["dice_adapted"].mean() == pytest.approx(p["real_sample_dice_adapted"])
+    assert first.real_sample_adaptation["rounds"] <= TINY.seg_adapt_rounds
     assert list(scores["image"]) == ["a", "b"] and scores.loc[1, "height"] == 50
 
     again = synthetic_unet(TINY, seed=0, log=logged.append)
     assert not again.provenance["trained_now"] and len(logged) == 1
     assert again.provenance["held_out_dice"] == p["held_out_dice"]
+    pd.testing.assert_frame_equal(again.real_sample, table)  # read back, not measured again
     for name, param in first.model.state_dict().items():
         assert np.array_equal(param.numpy(), again.model.state_dict()[name].numpy())
     text = provenance_text(again.provenance)
@@ -103,7 +111,7 @@ def test_trained_once_then_read_from_the_cache(tmp_path, monkeypatch):
 
     monkeypatch.setenv("CXR_REAL_SAMPLE", "")
     without = synthetic_unet(TINY, seed=0, log=logged.append)
-    assert without.provenance["real_sample_dice"] is None
+    assert without.provenance["real_sample_dice"] is None and without.real_sample is None
     assert "not measured" in provenance_text(without.provenance)
 
 

@@ -63,6 +63,10 @@ class SyntheticUnet:
         member's held-out patients, which no member trained on) and ``members_held_out_dice``
         each member's on its own.
     weights_paths : every member's weights file.
+    real_sample : per image of the real sample, the scores without and with adaptation
+        (:func:`score_on_real_adapted`), as recorded with the weights; None when the folder is
+        absent.
+    real_sample_adaptation : the ``params`` of that adaptation (None likewise).
     """
 
     model: UNet | UNetEnsemble
@@ -70,6 +74,8 @@ class SyntheticUnet:
     weights_path: Path
     provenance: dict
     weights_paths: tuple[Path, ...] = ()
+    real_sample: pd.DataFrame | None = None
+    real_sample_adaptation: dict | None = None
 
 
 def real_sample_dir() -> Path | None:
@@ -120,6 +126,31 @@ def score_on_real(model: UNet, size: int, folder: str | Path) -> pd.DataFrame:
                      "qc_pass": qc["qc_pass"], "qc_reason": qc["qc_reason"],
                      "dice": dice_score(pred, truth), "iou": iou_score(pred, truth)})
     return pd.DataFrame(rows)
+
+
+def score_on_real_adapted(model: UNet | UNetEnsemble, size: int, folder: str | Path,
+                          profile: str | Profile = "default", seed: int = 0
+                          ) -> tuple[pd.DataFrame, dict]:
+    """:func:`score_on_real` of ``model`` as given and once adapted to the folder's images
+    (:func:`cxrlib.preprocess.segmentation_adaptation.adapt_unet` with the profile's settings and
+    ``seed``; it is given the images only, never the masks).
+
+    Returns the per-image table (the columns of :func:`score_on_real`, then ``pred_fraction``,
+    ``qc_pass``, ``qc_reason``, ``dice`` and ``iou`` of the adapted model with the suffix
+    ``_adapted``) and the adaptation's ``params``.
+    """
+    from cxrlib.gpu import DeviceSettings
+    from cxrlib.preprocess.segmentation_adaptation import adapt_unet, adaptation_settings
+
+    before = score_on_real(model, size, folder)
+    adaptation = adapt_unet(model, [read_image(p) for _, p, _ in real_pairs(folder)], size,
+                            **adaptation_settings(profile), seed=seed,
+                            gpu=DeviceSettings.from_profile(profile))
+    after = score_on_real(adaptation.model, size, folder)
+    columns = ["image", "pred_fraction", "qc_pass", "qc_reason", "dice", "iou"]
+    table = before.merge(after[columns], on="image", suffixes=("", "_adapted"),
+                         validate="one_to_one")
+    return table, adaptation.params
 
 
 def cache_key(profile: str | Profile, seed: int = 0) -> str:
@@ -239,9 +270,8 @@ def synthetic_unet(profile: str | Profile = "default", seed: int = 0, progress: 
     yet scored for these weights. An ensemble's scores are kept in a JSON file of their own
     beside the members' weights.
     """
-    from cxrlib.gpu import DeviceSettings
     from cxrlib.preprocess.segmentation import read_unet_params
-    from cxrlib.preprocess.segmentation_adaptation import adapt_unet, adaptation_settings
+    from cxrlib.preprocess.segmentation_adaptation import adaptation_settings
 
     prof = get_profile(profile)
     seeds = member_seeds(seed, prof.seg_ensemble)
@@ -266,19 +296,18 @@ def synthetic_unet(profile: str | Profile = "default", seed: int = 0, progress: 
     # the adapted score holds for the adaptation it was measured with: a new one is re-measured
     settings = json.loads(json.dumps(adaptation_settings(prof)))
     if sample is not None and (recorded.get("real_sample_dir") != str(sample)
-                               or recorded.get("real_sample_adaptation") != settings):
-        real = score_on_real(model, size, sample)
-        adapted = adapt_unet(model, [read_image(p) for _, p, _ in real_pairs(sample)], size,
-                             **adaptation_settings(prof), seed=seed,
-                             gpu=DeviceSettings.from_profile(prof)).model
-        real_adapted = score_on_real(adapted, size, sample)
-        recorded = {**recorded, "real_sample_dir": str(sample), "real_sample_n": int(len(real)),
+                               or recorded.get("real_sample_adaptation") != settings
+                               or "real_sample_images" not in recorded):
+        table, adaptation = score_on_real_adapted(model, size, sample, prof, seed)
+        recorded = {**recorded, "real_sample_dir": str(sample), "real_sample_n": int(len(table)),
                     "real_sample_adaptation": settings,
-                    "real_sample_dice": float(real["dice"].mean()),
-                    "real_sample_dice_sd": float(real["dice"].std()),
-                    "real_sample_qc_pass": int(real["qc_pass"].sum()),
-                    "real_sample_dice_adapted": float(real_adapted["dice"].mean()),
-                    "real_sample_dice_adapted_sd": float(real_adapted["dice"].std())}
+                    "real_sample_adaptation_params": adaptation,
+                    "real_sample_images": table.to_dict("split", index=False),
+                    "real_sample_dice": float(table["dice"].mean()),
+                    "real_sample_dice_sd": float(table["dice"].std()),
+                    "real_sample_qc_pass": int(table["qc_pass"].sum()),
+                    "real_sample_dice_adapted": float(table["dice_adapted"].mean()),
+                    "real_sample_dice_adapted_sd": float(table["dice_adapted"].std())}
         changed = True
     if changed:
         _write_json(scores_path, recorded)
@@ -294,8 +323,12 @@ def synthetic_unet(profile: str | Profile = "default", seed: int = 0, progress: 
     if sample is not None:  # the folder's name: tables and reports hold no path of the machine
         provenance["real_sample_dir"] = sample.name
     provenance["trained_now"] = any(now for _, _, now in members)
+    images = recorded.get("real_sample_images") if sample is not None else None
+    real = None if images is None else pd.DataFrame(images["data"], columns=images["columns"])
     return SyntheticUnet(model=model, size=size, weights_path=paths[0], provenance=provenance,
-                         weights_paths=tuple(paths))
+                         weights_paths=tuple(paths), real_sample=real,
+                         real_sample_adaptation=(recorded["real_sample_adaptation_params"]
+                                                 if sample is not None else None))
 
 
 def _write_json(target: Path, values: dict) -> None:
@@ -353,5 +386,6 @@ def provenance_text(provenance: dict) -> str:
 
 
 __all__ = ["SyntheticUnet", "synthetic_unet", "real_sample_dir", "real_pairs", "score_on_real",
+           "score_on_real_adapted",
            "cache_key", "weights_path", "member_seeds", "provenance_text", "UNET_FIELDS",
            "TRAINING_COHORT"]
